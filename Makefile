@@ -1,0 +1,44 @@
+# marketpipe: `make demo` and `make test` do all the set-up a fresh machine needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export DAGSTER_HOME := $(CURDIR)/.dagster
+export MARKETPIPE_LAKE_URL ?= $(CURDIR)/data/lake
+export MARKETPIPE_LANDING_URL ?= $(CURDIR)/data/landing
+# Dagster writes events in batches instead of one SQLite commit each (see FACTS.md).
+export DAGSTER_EVENT_BATCH_SIZE ?= 1000
+
+.PHONY: install demo test lint ui bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
+
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+	mkdir -p $(DAGSTER_HOME)
+	cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+
+demo: install
+	$(BIN)/python -m marketpipe_assets.demo
+
+test: install lint
+	$(BIN)/pytest -n 2 --dist loadgroup tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check marketpipe_assets resources checks tests bench
+	$(BIN)/ruff format --check marketpipe_assets resources checks tests bench
+
+ui: install
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+bench: install
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf data .dagster

@@ -1,0 +1,153 @@
+"""Asset checks on daily prices, built from the rulebook.
+
+price_relationships and completeness block indicators; suspicious_jumps only warns.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import dagster as dg
+import polars as pl
+
+from marketpipe_assets.metadata import markdown_table
+
+from .rulebook import (
+    COMPLETENESS_THRESHOLD,
+    DAILY_PRICE_RULES,
+    Validated,
+    day_over_day_jumps,
+    validate,
+)
+
+PRICE_RELATIONSHIPS = "price_relationships"
+COMPLETENESS = "completeness"
+SUSPICIOUS_JUMPS = "suspicious_jumps"
+
+
+def daily_price_check_specs(asset_key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
+    rules = "; ".join(f"{r.name}: {r.description}" for r in DAILY_PRICE_RULES)
+    return [
+        dg.AssetCheckSpec(
+            PRICE_RELATIONSHIPS,
+            asset=asset_key,
+            blocking=True,
+            description=f"Stored bars satisfy every rule ({rules}); breaking rows are quarantined.",
+        ),
+        dg.AssetCheckSpec(
+            COMPLETENESS,
+            asset=asset_key,
+            blocking=True,
+            description=f"Each session has stored bars for >= {COMPLETENESS_THRESHOLD:.0%} of the "
+            "symbols active that day.",
+        ),
+        dg.AssetCheckSpec(
+            SUSPICIOUS_JUMPS,
+            asset=asset_key,
+            description="Warns on day-over-day close moves beyond the jump threshold.",
+        ),
+    ]
+
+
+def price_relationships_result(stored: pl.DataFrame, validated: Validated) -> dg.AssetCheckResult:
+    """Re-validates what is being stored: passes when no stored row breaks a rule."""
+    leaks = validate(stored).violation_counts
+    broken = {rule: n for rule, n in leaks.items() if n}
+    return dg.AssetCheckResult(
+        check_name=PRICE_RELATIONSHIPS,
+        passed=not broken,
+        description=(
+            f"stored rows breaking rules: {broken}"
+            if broken
+            else f"all {len(stored)} stored rows pass; {len(validated.quarantined)} quarantined"
+        ),
+        metadata={
+            "stored_rows": len(stored),
+            "quarantined_rows": len(validated.quarantined),
+            "quarantined_by_rule": validated.violation_counts,
+            "stored_rows_breaking_rules": broken,
+        },
+    )
+
+
+def completeness_by_session(
+    stored: pl.DataFrame, universe: pl.DataFrame, sessions: list[dt.date]
+) -> pl.DataFrame:
+    """Per session: active symbols, symbols with a stored bar, and their ratio."""
+    days = pl.DataFrame({"trade_date": sessions}, schema={"trade_date": pl.Date})
+    active = (
+        days.join(universe.select("symbol", "listing_date", "delisting_date"), how="cross")
+        .filter(
+            (pl.col("listing_date") <= pl.col("trade_date"))
+            & (
+                pl.col("delisting_date").is_null()
+                | (pl.col("delisting_date") > pl.col("trade_date"))
+            )
+        )
+        .select("trade_date", "symbol")
+    )
+    present = stored.select("trade_date", "symbol").unique()
+    expected = active.group_by("trade_date").agg(active=pl.len())
+    have = (
+        active.join(present, on=["trade_date", "symbol"], how="semi")
+        .group_by("trade_date")
+        .agg(stored=pl.len())
+    )
+    return (
+        days.join(expected, on="trade_date", how="left")
+        .join(have, on="trade_date", how="left")
+        .with_columns(pl.col("active", "stored").fill_null(0).cast(pl.Int64))
+        .with_columns(
+            completeness=pl.when(pl.col("active") > 0)
+            .then(pl.col("stored") / pl.col("active"))
+            .otherwise(1.0)  # nothing was expected that day
+        )
+        .sort("trade_date")
+    )
+
+
+def completeness_result(by_session: pl.DataFrame) -> dg.AssetCheckResult:
+    below = by_session.filter(pl.col("completeness") < COMPLETENESS_THRESHOLD)
+    partial = by_session.filter(
+        (pl.col("completeness") >= COMPLETENESS_THRESHOLD) & (pl.col("completeness") < 1)
+    )
+    worst = by_session["completeness"].min() if len(by_session) else 1.0
+    if len(below):
+        description = f"{len(below)} session(s) below {COMPLETENESS_THRESHOLD:.0%}: " + ", ".join(
+            f"{d} {c:.1%}" for d, c in below.select("trade_date", "completeness").rows()[:10]
+        )
+    elif len(partial):
+        description = (
+            f"accepted: {len(partial)} session(s) have missing symbols but are >= "
+            f"{COMPLETENESS_THRESHOLD:.0%} complete (worst {worst:.2%})"
+        )
+    else:
+        description = "every active symbol has a stored bar in every session"
+    return dg.AssetCheckResult(
+        check_name=COMPLETENESS,
+        passed=below.is_empty(),
+        description=description,
+        metadata={
+            "threshold": COMPLETENESS_THRESHOLD,
+            "min_completeness": float(worst),
+            "sessions_below_threshold": [d.isoformat() for d in below["trade_date"]],
+            "sessions_accepted_with_missing_rows": len(partial),
+            "missing_symbol_days": int((by_session["active"] - by_session["stored"]).sum()),
+            "by_session": dg.MetadataValue.md(markdown_table(by_session, limit=40)),
+        },
+    )
+
+
+def suspicious_jumps_result(
+    stored: pl.DataFrame, previous: pl.DataFrame, sessions: list[dt.date]
+) -> dg.AssetCheckResult:
+    """`previous` is the stored session before the range, so the first day has a reference."""
+    both = pl.concat([previous.select(stored.columns), stored])
+    jumps = day_over_day_jumps(both).filter(pl.col("trade_date").is_in(sessions))
+    return dg.AssetCheckResult(
+        check_name=SUSPICIOUS_JUMPS,
+        passed=jumps.is_empty(),
+        severity=dg.AssetCheckSeverity.WARN,
+        description=f"{len(jumps)} close-to-close move(s) beyond the threshold",
+        metadata={"jumps": len(jumps), "preview": dg.MetadataValue.md(markdown_table(jumps))},
+    )

@@ -1,0 +1,162 @@
+"""Daily-price rules as data: one rulebook drives validation, quarantine and the GE suite.
+
+Each rule is a name plus constraints; each constraint knows its polars form (True where a row
+breaks it) and its Great Expectations form, so both engines read the same definition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+from marketpipe_assets.schemas import PRICE_COLUMNS
+
+COMPLETENESS_THRESHOLD = 0.95
+# KRX's daily price limit is +/-30%; a larger move is possible (US, corporate actions) but
+# worth a look, so it warns instead of blocking.
+JUMP_THRESHOLD = 0.30
+
+
+@dataclass(frozen=True)
+class NotNull:
+    column: str
+
+    def broken(self) -> pl.Expr:
+        return pl.col(self.column).is_null()
+
+    def expectation(self) -> tuple[str, dict]:
+        return "ExpectColumnValuesToNotBeNull", {"column": self.column}
+
+
+@dataclass(frozen=True)
+class AtLeast:
+    column: str
+    bound: float
+    strict: bool
+
+    def broken(self) -> pl.Expr:
+        col = pl.col(self.column)
+        return (col <= self.bound if self.strict else col < self.bound).fill_null(False)
+
+    def expectation(self) -> tuple[str, dict]:
+        return "ExpectColumnValuesToBeBetween", {
+            "column": self.column,
+            "min_value": self.bound,
+            "strict_min": self.strict,
+        }
+
+
+@dataclass(frozen=True)
+class PairAtLeast:
+    """column_a >= column_b; rows where either is missing are left to the NotNull rules."""
+
+    column_a: str
+    column_b: str
+
+    def broken(self) -> pl.Expr:
+        return (pl.col(self.column_a) < pl.col(self.column_b)).fill_null(False)
+
+    def expectation(self) -> tuple[str, dict]:
+        return "ExpectColumnPairValuesAToBeGreaterThanB", {
+            "column_A": self.column_a,
+            "column_B": self.column_b,
+            "or_equal": True,
+            "ignore_row_if": "either_value_is_missing",
+        }
+
+
+@dataclass(frozen=True)
+class UniqueTogether:
+    """Every row of a repeated key breaks it: with two different bars for one key we cannot
+    tell which is right, so all copies go to quarantine."""
+
+    columns: tuple[str, ...]
+
+    def broken(self) -> pl.Expr:
+        return pl.struct(self.columns).is_duplicated()
+
+    def expectation(self) -> tuple[str, dict]:
+        return "ExpectCompoundColumnsToBeUnique", {"column_list": list(self.columns)}
+
+
+Constraint = NotNull | AtLeast | PairAtLeast | UniqueTogether
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    description: str
+    constraints: tuple[Constraint, ...]
+
+    def broken(self) -> pl.Expr:
+        return pl.any_horizontal(c.broken() for c in self.constraints).alias(self.name)
+
+
+REQUIRED_COLUMNS = ("symbol", "trade_date", *PRICE_COLUMNS, "volume")
+
+DAILY_PRICE_RULES: tuple[Rule, ...] = (
+    Rule(
+        "required_fields",
+        "symbol, trade_date, open, high, low, close and volume are present",
+        tuple(NotNull(c) for c in REQUIRED_COLUMNS),
+    ),
+    Rule(
+        "positive_prices",
+        "open, high, low and close are > 0",
+        tuple(AtLeast(c, 0, strict=True) for c in PRICE_COLUMNS),
+    ),
+    Rule("high_gte_low", "high >= low", (PairAtLeast("high", "low"),)),
+    Rule(
+        "open_within_range",
+        "low <= open <= high",
+        (PairAtLeast("open", "low"), PairAtLeast("high", "open")),
+    ),
+    Rule(
+        "close_within_range",
+        "low <= close <= high",
+        (PairAtLeast("close", "low"), PairAtLeast("high", "close")),
+    ),
+    Rule("non_negative_volume", "volume >= 0", (AtLeast("volume", 0, strict=False),)),
+    Rule(
+        "unique_symbol_date",
+        "one bar per (symbol, trade_date)",
+        (UniqueTogether(("symbol", "trade_date")),),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Validated:
+    clean: pl.DataFrame
+    quarantined: pl.DataFrame  # the input's columns plus `violations`: list of rule names
+    violation_counts: dict[str, int]  # rows breaking each rule (a row may break several)
+
+
+def validate(frame: pl.DataFrame, rules: tuple[Rule, ...] = DAILY_PRICE_RULES) -> Validated:
+    """Split rows into clean and quarantined; nothing is dropped."""
+    names = [r.name for r in rules]
+    flagged = frame.with_columns(r.broken() for r in rules)
+    counts = flagged.select(pl.col(n).sum() for n in names).row(0, named=True)
+    flagged = flagged.with_columns(
+        pl.concat_list(pl.when(pl.col(n)).then(pl.lit(n)) for n in names)
+        .list.drop_nulls()
+        .alias("violations")
+    )
+    bad = pl.any_horizontal(pl.col(n) for n in names)
+    return Validated(
+        clean=flagged.filter(~bad).select(frame.columns),
+        quarantined=flagged.filter(bad).select(*frame.columns, "violations"),
+        violation_counts={n: int(counts[n] or 0) for n in names},
+    )
+
+
+def day_over_day_jumps(prices: pl.DataFrame, threshold: float = JUMP_THRESHOLD) -> pl.DataFrame:
+    """Rows whose close moved more than `threshold` from the symbol's previous stored close."""
+    return (
+        prices.sort("symbol", "trade_date")
+        .with_columns(prev_close=pl.col("close").shift(1).over("symbol"))
+        .with_columns(change=pl.col("close") / pl.col("prev_close") - 1)
+        .filter(pl.col("change").abs() > threshold)
+        .select("symbol", "trade_date", "prev_close", "close", "change")
+    )

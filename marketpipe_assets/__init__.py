@@ -1,0 +1,1 @@
+"""marketpipe: market-data assets for KRX and US on Dagster."""

@@ -1,0 +1,31 @@
+"""The one place that assembles marketpipe's Definitions."""
+
+import os
+
+import dagster as dg
+
+from resources.lake import LakeResource
+from resources.market_data import MarketDataResource
+
+from .automation import landing_file_sensor, market_schedule, price_job
+from .indicators import indicators_asset
+from .markets import MARKETS
+from .prices import daily_prices_asset, universe_asset
+
+assets = [
+    build(market)
+    for market in MARKETS
+    for build in (universe_asset, daily_prices_asset, indicators_asset)
+]
+jobs = [price_job(market) for market in MARKETS]
+
+defs = dg.Definitions(
+    assets=assets,
+    jobs=jobs,
+    schedules=[market_schedule(market) for market in MARKETS],
+    sensors=[landing_file_sensor(market) for market in MARKETS],
+    resources={
+        "lake": LakeResource(url=os.environ.get("MARKETPIPE_LAKE_URL", "data/lake")),
+        "market_data": MarketDataResource.from_env(),
+    },
+)

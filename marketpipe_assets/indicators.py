@@ -1,0 +1,92 @@
+"""Technical indicators (CONTRACT section 3) computed with TA-Lib over each symbol's history."""
+
+import dagster as dg
+import numpy as np
+import polars as pl
+import talib
+
+from resources.lake import LakeResource
+
+from .markets import partition_dates, partitions_def
+from .metadata import markdown_table
+from .schemas import DAILY_PRICES, INDICATOR_COLUMNS, INDICATORS
+
+_HISTORY_COLUMNS = ["symbol", "trade_date", "high", "low", "close", "volume"]
+
+
+def _symbol_indicators(high, low, close, volume) -> tuple[np.ndarray, ...]:
+    macd, signal, hist = talib.MACD(close, 12, 26, 9)
+    upper, middle, lower = talib.BBANDS(close, 20, 2.0, 2.0)
+    return (
+        talib.SMA(close, 20),
+        talib.EMA(close, 20),
+        talib.RSI(close, 14),
+        macd,
+        signal,
+        hist,
+        upper,
+        middle,
+        lower,
+        talib.ATR(high, low, close, 14),
+        talib.OBV(close, volume),
+    )
+
+
+def compute_indicators(history: pl.DataFrame) -> pl.DataFrame:
+    """Indicators for every row of `history` (symbol, trade_date, high, low, close, volume),
+    each symbol's series taken in date order; null where TA-Lib has no value yet."""
+    ordered = history.select(_HISTORY_COLUMNS).sort("symbol", "trade_date")
+    n = len(ordered)
+    high, low, close = (ordered[c].to_numpy().astype(np.float64) for c in ("high", "low", "close"))
+    volume = ordered["volume"].to_numpy().astype(np.float64)
+    symbols = ordered["symbol"]
+    # Contiguous slices per symbol: views, so TA-Lib reads the arrays without copies.
+    starts = np.flatnonzero(symbols.ne_missing(symbols.shift(1)).fill_null(True).to_numpy())
+    bounds = np.append(starts, n)
+    out = np.empty((len(INDICATOR_COLUMNS), n))
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        out[:, a:b] = _symbol_indicators(high[a:b], low[a:b], close[a:b], volume[a:b])
+    return ordered.select("symbol", "trade_date").with_columns(
+        pl.Series(name, values).fill_nan(None)
+        for name, values in zip(INDICATOR_COLUMNS, out, strict=True)
+    )
+
+
+def indicators_asset(market: str) -> dg.AssetsDefinition:
+    prices_key = dg.AssetKey([market, "daily_prices"])
+
+    @dg.asset(
+        key=[market, "indicators"],
+        deps=[prices_key],
+        partitions_def=partitions_def(market),
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        # Runs when new prices land, but only once their blocking checks passed.
+        automation_condition=dg.AutomationCondition.eager()
+        & dg.AutomationCondition.all_deps_blocking_checks_passed(),
+        group_name=market,
+        kinds={"polars", "talib", "parquet"},
+    )
+    def indicators(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
+        """SMA(20), EMA(20), RSI(14), MACD(12,26,9), Bollinger(20,2), ATR(14) and OBV per symbol,
+        TA-Lib's values over each symbol's full stored history."""
+        sessions = partition_dates(context.partition_keys)
+        # Full history up to the range's end: EMA, RSI and OBV depend on every earlier bar.
+        history = lake.read_partitions(
+            "daily_prices", market, DAILY_PRICES, last=max(sessions), columns=_HISTORY_COLUMNS
+        )
+        values = compute_indicators(history).filter(
+            pl.col("trade_date").is_between(min(sessions), max(sessions))
+        )
+        # Replaces exactly the partitions of this run, each atomically.
+        lake.write_partitions("indicators", market, values.select(INDICATORS.names()), sessions)
+        return dg.MaterializeResult(
+            metadata={
+                "rows": len(values),
+                "sessions": len(sessions),
+                "history_rows_read": len(history),
+                "path": lake.uri(lake.market_dir("indicators", market)),
+                "preview": dg.MetadataValue.md(markdown_table(values.drop_nulls().tail(10))),
+            }
+        )
+
+    return indicators

@@ -1,0 +1,115 @@
+"""Universe and daily prices per market: fetch, standardise, validate, store, quarantine."""
+
+import datetime as dt
+
+import dagster as dg
+import polars as pl
+
+from checks.price_checks import (
+    completeness_by_session,
+    completeness_result,
+    daily_price_check_specs,
+    price_relationships_result,
+    suspicious_jumps_result,
+)
+from checks.rulebook import validate
+from resources.lake import LakeResource
+from resources.market_data import MarketDataResource
+
+from .markets import partition_dates, partitions_def, previous_session
+from .metadata import markdown_table
+from .schemas import DAILY_PRICES, UNIVERSE, conform
+
+
+def universe_asset(market: str) -> dg.AssetsDefinition:
+    @dg.asset(key=[market, "universe"], group_name=market, kinds={"polars", "parquet"})
+    def universe(lake: LakeResource, market_data: MarketDataResource) -> dg.MaterializeResult:
+        """Every symbol listed on the market over time, with listing and delisting dates."""
+        frame = market_data.universe(market).unique("symbol", keep="last").sort("symbol")
+        path = lake.write_table("universe", market, frame)
+        return dg.MaterializeResult(
+            metadata={
+                "symbols": len(frame),
+                "active": frame.filter(pl.col("delisting_date").is_null()).height,
+                "path": lake.uri(path),
+                "preview": dg.MetadataValue.md(markdown_table(frame)),
+            }
+        )
+
+    return universe
+
+
+def standardise(raw: pl.DataFrame) -> pl.DataFrame:
+    """The contract's columns and types; NaN becomes null so every engine sees it as missing."""
+    frame = conform(raw, DAILY_PRICES, what="daily bars")
+    return frame.with_columns(pl.col(pl.Float64).fill_nan(None))
+
+
+def load_universe(lake: LakeResource, market: str) -> pl.DataFrame:
+    frame = lake.read_table("universe", market)
+    if frame is None:
+        raise dg.Failure(
+            f"{market}/universe has not been materialized in {lake.url!r}; materialize it first "
+            f"(dagster asset materialize -m marketpipe_assets.definitions --select {market}/universe)"
+        )
+    return conform(frame, UNIVERSE, what=f"{market}/universe")
+
+
+def daily_prices_asset(market: str) -> dg.AssetsDefinition:
+    key = dg.AssetKey([market, "daily_prices"])
+
+    @dg.asset(
+        key=key,
+        deps=[dg.AssetKey([market, "universe"])],
+        partitions_def=partitions_def(market),
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        check_specs=daily_price_check_specs(key),
+        group_name=market,
+        kinds={"polars", "parquet"},
+    )
+    def daily_prices(
+        context: dg.AssetExecutionContext, lake: LakeResource, market_data: MarketDataResource
+    ):
+        """Daily OHLCV bars per session; rows breaking a rule go to quarantine with their rules."""
+        sessions = partition_dates(context.partition_keys)
+        universe = load_universe(lake, market)
+        source = market_data.source(market)
+        raw = source.daily_bars(market, sessions, universe["symbol"].to_list())
+        validated = validate(standardise(raw))
+        stored = validated.clean
+        # Undated rows cannot name their session: they are kept with the run's last session.
+        quarantined = validated.quarantined.with_columns(
+            pl.col("trade_date").fill_null(max(sessions))
+        )
+        # Replaces exactly this run's partitions (stored and quarantine), each atomically.
+        lake.write_partitions("daily_prices", market, stored, sessions)
+        lake.write_quarantine("daily_prices", market, quarantined, sessions)
+
+        by_session = completeness_by_session(stored, universe, sessions)
+        previous = _previous_stored(lake, market, min(sessions))
+        sources = stored["source"].value_counts().rows() if len(stored) else []
+        yield dg.MaterializeResult(
+            metadata={
+                "rows": len(stored),
+                "quarantined": len(quarantined),
+                "sessions": len(sessions),
+                "completeness": float(by_session["completeness"].min()),
+                "rows_by_source": {name: int(n) for name, n in sources},
+                "path": lake.uri(lake.market_dir("daily_prices", market)),
+                "preview": dg.MetadataValue.md(markdown_table(stored)),
+            },
+            check_results=[
+                price_relationships_result(stored, validated),
+                completeness_result(by_session),
+                suspicious_jumps_result(stored, previous, sessions),
+            ],
+        )
+
+    return daily_prices
+
+
+def _previous_stored(lake: LakeResource, market: str, first: dt.date) -> pl.DataFrame:
+    before = previous_session(market, first)
+    if before is None:
+        return pl.DataFrame(schema=DAILY_PRICES)
+    return lake.read_partitions("daily_prices", market, DAILY_PRICES, first=before, last=before)

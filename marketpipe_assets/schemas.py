@@ -1,0 +1,56 @@
+"""Column names and types of each dataset (CONTRACT section 3), in one place."""
+
+from __future__ import annotations
+
+import polars as pl
+
+UNIVERSE = pl.Schema(
+    {
+        "symbol": pl.String,
+        "name": pl.String,
+        "listing_date": pl.Date,
+        "delisting_date": pl.Date,
+    }
+)
+
+PRICE_COLUMNS = ("open", "high", "low", "close")
+
+DAILY_PRICES = pl.Schema(
+    {
+        "symbol": pl.String,
+        "trade_date": pl.Date,
+        **{c: pl.Float64 for c in PRICE_COLUMNS},
+        "volume": pl.Int64,
+        "source": pl.String,
+    }
+)
+
+INDICATOR_COLUMNS = (
+    "sma_20",
+    "ema_20",
+    "rsi_14",
+    "macd",
+    "macd_signal",
+    "macd_hist",
+    "bb_upper",
+    "bb_middle",
+    "bb_lower",
+    "atr_14",
+    "obv",
+)
+
+INDICATORS = pl.Schema(
+    {"symbol": pl.String, "trade_date": pl.Date, **{c: pl.Float64 for c in INDICATOR_COLUMNS}}
+)
+
+
+def quarantine_schema(schema: pl.Schema) -> pl.Schema:
+    return pl.Schema({**schema, "violations": pl.List(pl.String)})
+
+
+def conform(frame: pl.DataFrame, schema: pl.Schema, *, what: str) -> pl.DataFrame:
+    """Select and cast the schema's columns; a missing column is an error naming it."""
+    missing = [c for c in schema if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{what}: missing column(s) {missing}; expected {list(schema)}")
+    return frame.select(pl.col(c).cast(t, strict=False) for c, t in schema.items())

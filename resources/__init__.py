@@ -1,0 +1,1 @@
+"""Dagster resources: the lake and the market-data sources."""

@@ -1,0 +1,59 @@
+"""The source interface every provider implements, and the fallback chain over several."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Protocol
+
+import polars as pl
+
+
+class SourceUnavailable(RuntimeError):
+    """The source cannot serve now (down, circuit open, live-only); a chain moves on."""
+
+
+class SourceError(RuntimeError):
+    """The source answered with something unusable; the message names what and where."""
+
+
+class Source(Protocol):
+    name: str
+
+    def universe(self, market: str) -> pl.DataFrame:
+        """Every symbol the source lists for the market, in the universe schema."""
+        ...
+
+    def daily_bars(
+        self, market: str, sessions: Sequence[dt.date], symbols: Sequence[str]
+    ) -> pl.DataFrame:
+        """Bars of `symbols` on `sessions`, in the daily_prices schema with `source` set.
+
+        Rows are returned as the provider sent them (bad ones included): validation decides.
+        """
+        ...
+
+
+class FallbackSource:
+    """Tries each source in order; moves to the next when one is unavailable."""
+
+    def __init__(self, sources: Sequence[Source]):
+        self.sources = list(sources)
+        self.name = ",".join(s.name for s in self.sources)
+
+    def _first_available(self, call):
+        failures = []
+        for source in self.sources:
+            try:
+                return call(source)
+            except SourceUnavailable as exc:
+                failures.append(f"{source.name}: {exc}")
+        raise SourceUnavailable("every source in the chain failed: " + "; ".join(failures))
+
+    def universe(self, market: str) -> pl.DataFrame:
+        return self._first_available(lambda s: s.universe(market))
+
+    def daily_bars(
+        self, market: str, sessions: Sequence[dt.date], symbols: Sequence[str]
+    ) -> pl.DataFrame:
+        return self._first_available(lambda s: s.daily_bars(market, sessions, symbols))

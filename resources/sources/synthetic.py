@@ -1,0 +1,219 @@
+"""Deterministic synthetic market data (CONTRACT section 4), the embedded default source.
+
+Every random number is a hash of (seed, market, symbol, session, stream), so a bar depends only
+on those and never on which partitions are generated together: a backfill and day-by-day runs
+store equal data. Prices follow a mean-reverting log walk from a fixed epoch (the first session
+of 2010), so they stay in a realistic band over decades.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+from scipy.signal import lfilter
+
+from marketpipe_assets import markets
+from marketpipe_assets.schemas import DAILY_PRICES, UNIVERSE
+
+EPOCH = dt.date(2010, 1, 1)
+_MARKET_IDS = {"krx": 1, "us": 2}
+# Hash streams: each kind of draw has its own so adding one never shifts another.
+_RET, _GAP_HIGH, _LOW_VOL, _MISS_BAD, _P0, _SIGMA, _VBASE, _LIST, _DELIST = range(9)
+_PRICE_BAND = {"krx": (2_000.0, 400_000.0), "us": (8.0, 400.0)}
+_VOLUME_BAND = {"krx": (20_000.0, 5_000_000.0), "us": (200_000.0, 20_000_000.0)}
+_REVERSION = 0.998  # AR(1) coefficient of log price around its start: long-run sd ~ 16 sigma
+_BAD_KINDS = ("high_below_low", "close_above_high", "negative_volume", "zero_close",
+              "missing_close", "duplicate")  # fmt: skip
+_LOW32 = np.uint64(0xFFFFFFFF)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser: a well-spread 64-bit hash of each element."""
+    x ^= x >> np.uint64(30)
+    x *= np.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> np.uint64(27)
+    x *= np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    return x
+
+
+def hashes(seed: int, market: str, stream: int, symbols: np.ndarray, sessions: np.ndarray):
+    """64-bit hashes of shape (len(symbols), len(sessions)), a pure function of the key."""
+    with np.errstate(over="ignore"):
+        key = np.uint64(seed) * np.uint64(1_000_003) + np.uint64(_MARKET_IDS[market] * 64 + stream)
+        sym = _mix(key ^ (symbols.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)))
+        return _mix(
+            sym[:, None] + sessions.astype(np.uint64)[None, :] * np.uint64(0xD1B54A32D192ED03)
+        )
+
+
+def uniform_pair(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two independent U(0,1) draws from the two halves of each hash."""
+    scale = 1.0 / 2**32
+    return ((h >> np.uint64(32)).astype(np.uint32) + 0.5) * scale, (
+        (h & _LOW32).astype(np.uint32) + 0.5
+    ) * scale
+
+
+def uniforms(*key) -> np.ndarray:
+    return uniform_pair(hashes(*key))[0]
+
+
+def shocks(u: np.ndarray) -> np.ndarray:
+    """Unit-variance logistic draws: bell-shaped with the fatter tails real returns have, and
+    an order of magnitude cheaper than the normal quantile."""
+    return np.log(u / (1.0 - u)) * (np.sqrt(3.0) / np.pi)
+
+
+def _ticker(i: int, market: str) -> str:
+    if market == "krx":
+        return f"{(i + 1) * 10:06d}"
+    letters, n = "", i + 26 * 27  # start at three letters: AAA, AAB, ...
+    while n:
+        n, r = divmod(n, 26)
+        letters = string.ascii_uppercase[r] + letters
+    return letters
+
+
+@dataclass(frozen=True)
+class SyntheticSource:
+    symbols: int = 500
+    seed: int = 0
+    missing_rate: float = 0.01
+    bad_row_rate: float = 0.002
+    name: str = "synthetic"
+
+    def _epoch_sessions(self, market: str) -> list[dt.date]:
+        return [d for d in markets.all_sessions(market) if d >= EPOCH]
+
+    def universe(self, market: str, today: dt.date | None = None) -> pl.DataFrame:
+        """Listings over time: most symbols trade from the epoch, a quarter list later and about
+        one in ten is delisted. Only events up to today are known."""
+        today = today or dt.date.today()
+        sessions = self._epoch_sessions(market)
+        idx = np.arange(self.symbols)
+        one = np.zeros(1, dtype=np.int64)
+        u_list = uniforms(self.seed, market, _LIST, idx, one)[:, 0]
+        u_delist = uniforms(self.seed, market, _DELIST, idx, one)[:, 0]
+        n = len(sessions)
+        listed_late = u_list < 0.25
+        listing_idx = np.where(listed_late, (u_list / 0.25 * 0.9 * n).astype(int), 0)
+        delisted = u_delist < 0.10
+        delist_idx = listing_idx + 60 + ((u_delist / 0.10) * (n - listing_idx - 60)).astype(int)
+        rows = []
+        for i in idx:
+            listing = sessions[listing_idx[i]] if listed_late[i] else dt.date(2000, 1, 4)
+            if listing > today:
+                continue
+            delisting = sessions[delist_idx[i]] if delisted[i] and delist_idx[i] < n else None
+            rows.append(
+                (
+                    _ticker(int(i), market),
+                    f"Synthetic {market.upper()} {i:04d}",
+                    listing,
+                    delisting if delisting is not None and delisting <= today else None,
+                )
+            )
+        return pl.DataFrame(rows, schema=UNIVERSE, orient="row")
+
+    def daily_bars(
+        self, market: str, sessions: Sequence[dt.date], symbols: Sequence[str]
+    ) -> pl.DataFrame:
+        epoch_sessions = self._epoch_sessions(market)
+        position = {d: i for i, d in enumerate(epoch_sessions)}
+        wanted = np.array(
+            sorted(position[d] for d in set(sessions) if d in position), dtype=np.int64
+        )
+        universe = self.universe(market, today=max(sessions, default=EPOCH))
+        universe = universe.filter(pl.col("symbol").is_in(list(symbols)))
+        if not len(wanted) or universe.is_empty():
+            return pl.DataFrame(schema=DAILY_PRICES)
+        index_of = {_ticker(i, market): i for i in range(self.symbols)}
+        sym_idx = np.array([index_of[x] for x in universe["symbol"]], dtype=np.int64)
+        cols = self._bars(market, sym_idx, wanted)
+        keep = self._present(universe, sym_idx, wanted, epoch_sessions, market)
+        sym_pos = np.broadcast_to(np.arange(len(sym_idx))[:, None], keep.shape)[keep]
+        day_pos = np.broadcast_to(wanted[None, :], keep.shape)[keep]
+        days = np.array(epoch_sessions, dtype="datetime64[D]")
+        frame = pl.DataFrame(
+            {
+                "symbol": universe["symbol"].gather(sym_pos),
+                "trade_date": days[day_pos],
+                **{name: values[keep] for name, values in cols.items()},
+            }
+        )
+        return self._inject_bad_rows(frame).with_columns(source=pl.lit(self.name))
+
+    def _present(self, universe, sym_idx, wanted, epoch_sessions, market) -> np.ndarray:
+        """Mask of (symbol, session) cells with a bar: listed, not delisted, not missing."""
+        ordinal = np.array(epoch_sessions, dtype="datetime64[D]")[wanted]
+        listing = universe["listing_date"].to_numpy().astype("datetime64[D]")
+        delisting = universe["delisting_date"].fill_null(dt.date(9999, 12, 31))
+        delisting = delisting.to_numpy().astype("datetime64[D]")
+        active = (listing[:, None] <= ordinal[None, :]) & (delisting[:, None] > ordinal[None, :])
+        missing_u, _ = uniform_pair(hashes(self.seed, market, _MISS_BAD, sym_idx, wanted))
+        return active & (missing_u >= self.missing_rate)
+
+    def _bars(self, market, sym_idx, wanted) -> dict[str, np.ndarray]:
+        """OHLCV and the bad-row draw as matrices (symbols x wanted sessions)."""
+        s, one = self.seed, np.zeros(1, dtype=np.int64)
+        lo, hi = _PRICE_BAND[market]
+        p0 = np.exp(np.log(lo) + uniforms(s, market, _P0, sym_idx, one)[:, 0] * np.log(hi / lo))
+        sigma = 0.01 + 0.025 * uniforms(s, market, _SIGMA, sym_idx, one)
+        history = np.arange(wanted[-1] + 1)
+        returns = shocks(uniforms(s, market, _RET, sym_idx, history)) * sigma
+        if market == "krx":
+            returns = np.clip(returns, -0.29, 0.29)  # the exchange's daily price limit
+        log_close = lfilter([1.0], [1.0, -_REVERSION], returns, axis=1)
+        log_close += np.log(p0)[:, None]
+        close = np.exp(log_close[:, wanted])
+        prev_close = np.exp(log_close[:, np.maximum(wanted - 1, 0)])
+        gap_u, high_u = uniform_pair(hashes(s, market, _GAP_HIGH, sym_idx, wanted))
+        low_u, vol_u = uniform_pair(hashes(s, market, _LOW_VOL, sym_idx, wanted))
+        _, bad_u = uniform_pair(hashes(s, market, _MISS_BAD, sym_idx, wanted))
+        open_ = prev_close * np.exp(shocks(gap_u) * sigma * 0.3)
+        decimals = markets.MARKETS[market].price_decimals
+        vlo, vhi = _VOLUME_BAND[market]
+        vbase = np.exp(np.log(vlo) + uniforms(s, market, _VBASE, sym_idx, one) * np.log(vhi / vlo))
+        # Rounding is monotone, so high >= max(open, close) and low <= min(...) survive it.
+        return {
+            "open": np.round(open_, decimals),
+            "high": np.round(
+                np.maximum(open_, close) * (1 - np.log(high_u) * sigma * 0.4), decimals
+            ),
+            "low": np.round(np.minimum(open_, close) / (1 - np.log(low_u) * sigma * 0.4), decimals),
+            "close": np.round(close, decimals),
+            "volume": np.round(vbase * np.exp(0.5 * shocks(vol_u))).astype(np.int64),
+            "bad_u": bad_u,
+        }
+
+    def _inject_bad_rows(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """Break a `bad_row_rate` share of bars, each in one of the ways real feeds do."""
+        bad = pl.col("bad_u") < self.bad_row_rate
+        kind = (pl.col("bad_u") / self.bad_row_rate * len(_BAD_KINDS)).cast(pl.Int32)
+
+        def defect(name: str) -> pl.Expr:
+            return bad & (kind == _BAD_KINDS.index(name))
+
+        frame = frame.with_columns(
+            high=pl.when(defect("high_below_low"))
+            .then(pl.col("low") * 0.97)
+            .otherwise(pl.col("high")),
+            close=pl.when(defect("close_above_high"))
+            .then(pl.col("high") * 1.05)
+            .when(defect("zero_close"))
+            .then(0.0)
+            .when(defect("missing_close"))
+            .then(None)
+            .otherwise(pl.col("close")),
+            volume=pl.when(defect("negative_volume"))
+            .then(-pl.col("volume"))
+            .otherwise(pl.col("volume")),
+        )
+        frame = pl.concat([frame, frame.filter(defect("duplicate"))])
+        return frame.drop("bad_u")
