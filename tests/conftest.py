@@ -1,0 +1,79 @@
+"""Shared fixtures: a temporary lake, small synthetic sources and a real temporary instance."""
+
+import datetime as dt
+import warnings
+
+import dagster as dg
+import pytest
+
+from marketpipe_assets.automation import RANGE_END_TAG, RANGE_START_TAG
+from marketpipe_assets.definitions import assets
+from marketpipe_assets.markets import partitions_def
+from resources.lake import LakeResource
+from resources.market_data import MarketDataResource
+
+warnings.filterwarnings("ignore", category=dg.BetaWarning)
+warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+
+SYMBOLS = 60  # small universes keep each materialization well under a second
+
+
+@pytest.fixture
+def lake(tmp_path) -> LakeResource:
+    return LakeResource(url=str(tmp_path / "lake"))
+
+
+@pytest.fixture
+def market_data() -> MarketDataResource:
+    return MarketDataResource(synthetic_symbols=SYMBOLS, landing_url="unused-landing")
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+def market_assets(market: str, *datasets: str) -> list[dg.AssetsDefinition]:
+    return [a for a in assets if a.key.path[0] == market and a.key.path[1] in datasets]
+
+
+def recent_sessions(market: str, n: int) -> list[str]:
+    """The n most recent partition keys that are already past (stable whatever time it is)."""
+    today = dt.date.today().isoformat()
+    return [k for k in partitions_def(market).get_partition_keys() if k < today][-n:]
+
+
+def materialize(
+    market: str,
+    datasets: tuple[str, ...],
+    *,
+    lake: LakeResource,
+    market_data: MarketDataResource,
+    instance: dg.DagsterInstance,
+    partition_key: str | None = None,
+    partition_range: tuple[str, str] | None = None,
+) -> dg.ExecuteInProcessResult:
+    """Materialize a market's datasets through Dagster (one run, as the CLI would)."""
+    tags = {}
+    if partition_range:
+        tags = {RANGE_START_TAG: partition_range[0], RANGE_END_TAG: partition_range[1]}
+    return dg.materialize(
+        market_assets(market, *datasets),
+        instance=instance,
+        resources={"lake": lake, "market_data": market_data},
+        partition_key=partition_key,
+        tags=tags,
+        raise_on_error=False,
+    )
+
+
+@pytest.fixture
+def with_universe(lake, market_data, instance):
+    """Both markets' universes stored in the temporary lake."""
+    for market in ("krx", "us"):
+        result = materialize(
+            market, ("universe",), lake=lake, market_data=market_data, instance=instance
+        )
+        assert result.success
+    return lake
