@@ -102,6 +102,7 @@ def completeness_by_session(
             .then(pl.col("stored") / pl.col("active"))
             .otherwise(1.0)  # nothing was expected that day
         )
+        .with_columns(pl.col("completeness").round(4))
         .sort("trade_date")
     )
 

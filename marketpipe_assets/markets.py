@@ -49,7 +49,8 @@ def start_date() -> dt.date:
         return dt.date.fromisoformat(raw)
     except ValueError as exc:
         raise ValueError(
-            f"MARKETPIPE_START_DATE={raw!r} is not a date; use YYYY-MM-DD, e.g. {DEFAULT_START_DATE}"
+            f"MARKETPIPE_START_DATE={raw!r} is not a date; "
+            f"use YYYY-MM-DD, e.g. {DEFAULT_START_DATE}"
         ) from exc
 
 

@@ -49,8 +49,8 @@ def load_universe(lake: LakeResource, market: str) -> pl.DataFrame:
     frame = lake.read_table("universe", market)
     if frame is None:
         raise dg.Failure(
-            f"{market}/universe has not been materialized in {lake.url!r}; materialize it first "
-            f"(dagster asset materialize -m marketpipe_assets.definitions --select {market}/universe)"
+            f"{market}/universe has not been materialized in {lake.url!r}; materialize it first: "
+            f"dagster asset materialize -m marketpipe_assets.definitions --select {market}/universe"
         )
     return conform(frame, UNIVERSE, what=f"{market}/universe")
 

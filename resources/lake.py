@@ -67,9 +67,9 @@ class LakeResource(dg.ConfigurableResource):
                     raise FileNotFoundError(f"bucket {bucket!r} does not exist")
         except Exception as exc:
             raise LakeUnreachable(
-                f"MARKETPIPE_LAKE_URL={self.url!r} cannot be reached: {exc}. Point it at a writable "
-                "folder or an existing s3://bucket/prefix (set AWS_ENDPOINT_URL and credentials "
-                "for S3-compatible servers)."
+                f"MARKETPIPE_LAKE_URL={self.url!r} cannot be reached: {exc}. "
+                "Point it at a writable folder or an existing s3://bucket/prefix "
+                "(set AWS_ENDPOINT_URL and credentials for S3-compatible servers)."
             ) from exc
 
     # Paths ----------------------------------------------------------------------------------

@@ -74,8 +74,9 @@ class MarketDataResource(dg.ConfigurableResource):
         unknown = [n for n in names if n not in factories]
         if unknown or not names:
             raise ConfigurationError(
-                f"{MARKETS[market].source_variable}={spec!r}: unknown source(s) {unknown or [spec]}; "
-                f"use one of {sorted(factories)} or a comma list of them for a fallback chain."
+                f"{MARKETS[market].source_variable}={spec!r}: "
+                f"unknown source(s) {unknown or [spec]}; use one of {sorted(factories)} "
+                "or a comma list of them for a fallback chain."
             )
         sources = [factories[n]() for n in names]
         return sources[0] if len(sources) == 1 else FallbackSource(sources)
