@@ -11,7 +11,7 @@ from .markets import partition_dates, partitions_def
 from .metadata import markdown_table
 from .schemas import DAILY_PRICES, INDICATOR_COLUMNS, INDICATORS
 
-_HISTORY_COLUMNS = ["symbol", "trade_date", "high", "low", "close", "volume"]
+HISTORY_COLUMNS = ["symbol", "trade_date", "high", "low", "close", "volume"]
 
 
 def _symbol_indicators(high, low, close, volume) -> tuple[np.ndarray, ...]:
@@ -35,19 +35,20 @@ def _symbol_indicators(high, low, close, volume) -> tuple[np.ndarray, ...]:
 def compute_indicators(history: pl.DataFrame) -> pl.DataFrame:
     """Indicators for every row of `history` (symbol, trade_date, high, low, close, volume),
     each symbol's series taken in date order; null where TA-Lib has no value yet."""
-    ordered = history.select(_HISTORY_COLUMNS).sort("symbol", "trade_date")
-    n = len(ordered)
-    high, low, close = (ordered[c].to_numpy().astype(np.float64) for c in ("high", "low", "close"))
-    volume = ordered["volume"].to_numpy().astype(np.float64)
-    symbols = ordered["symbol"]
+    # Group by integer codes with one numpy argsort: sorting the symbol strings costs 10x more.
+    codes = history["symbol"].cast(pl.Categorical).to_physical().to_numpy().astype(np.int64)
+    days = history["trade_date"].to_physical().to_numpy().astype(np.int64)
+    order = np.argsort(codes * 1_000_000 + days, kind="stable")
+    high, low, close, volume = (
+        history[c].to_numpy().astype(np.float64)[order] for c in ("high", "low", "close", "volume")
+    )
     # Contiguous slices per symbol: views, so TA-Lib reads the arrays without copies.
-    starts = np.flatnonzero(symbols.ne_missing(symbols.shift(1)).fill_null(True).to_numpy())
-    bounds = np.append(starts, n)
-    out = np.empty((len(INDICATOR_COLUMNS), n))
+    bounds = np.append(np.flatnonzero(np.diff(codes[order], prepend=-1)), len(order))
+    out = np.empty((len(INDICATOR_COLUMNS), len(order)))
     for a, b in zip(bounds[:-1], bounds[1:], strict=True):
         out[:, a:b] = _symbol_indicators(high[a:b], low[a:b], close[a:b], volume[a:b])
-    return ordered.select("symbol", "trade_date").with_columns(
-        pl.Series(name, values).fill_nan(None)
+    return history.select("symbol", "trade_date")[order].with_columns(
+        pl.Series(name, values, nan_to_null=True)
         for name, values in zip(INDICATOR_COLUMNS, out, strict=True)
     )
 
@@ -72,7 +73,7 @@ def indicators_asset(market: str) -> dg.AssetsDefinition:
         sessions = partition_dates(context.partition_keys)
         # Full history up to the range's end: EMA, RSI and OBV depend on every earlier bar.
         history = lake.read_partitions(
-            "daily_prices", market, DAILY_PRICES, last=max(sessions), columns=_HISTORY_COLUMNS
+            "daily_prices", market, DAILY_PRICES, last=max(sessions), columns=HISTORY_COLUMNS
         )
         values = compute_indicators(history).filter(
             pl.col("trade_date").is_between(min(sessions), max(sessions))
