@@ -180,9 +180,12 @@ class LakeResource(dg.ConfigurableResource):
         if not days:
             return pl.DataFrame(schema={c: schema[c] for c in columns})
         paths = [self.partition_file(dataset, market, d) for d in days]
-        filesystem = None if self.is_local else self.fs
-        table = pq.read_table(paths, columns=columns, filesystem=filesystem)
-        return pl.from_arrow(table).cast({c: schema[c] for c in columns})
+        if self.is_local:
+            # polars reads a list of local files in parallel, ~5x faster than pyarrow here.
+            frame = pl.read_parquet(paths, columns=columns)
+        else:
+            frame = pl.from_arrow(pq.read_table(paths, columns=columns, filesystem=self.fs))
+        return frame.cast({c: schema[c] for c in columns})
 
     def read_table(self, dataset: str, market: str) -> pl.DataFrame | None:
         path = f"{self.market_dir(dataset, market)}/{PART_FILE}"
