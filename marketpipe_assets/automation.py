@@ -74,6 +74,18 @@ def contiguous_blocks(market: str, days: list[dt.date]) -> list[tuple[dt.date, d
     return blocks
 
 
+def files_run_config(market_data: MarketDataResource, market: str) -> dict:
+    """Run config that switches `market` to the files source and keeps every other setting.
+
+    Run config replaces a resource's whole configuration: a field it leaves out falls back to the
+    class default, not to the deployment's MARKETPIPE_* value. So the run carries all current
+    settings (landing folder, universe files, other market's source) with only this one changed.
+    """
+    settings = {name: getattr(market_data, name) for name in type(market_data).model_fields}
+    settings[f"{market}_source"] = "files"
+    return {"resources": {"market_data": {"config": settings}}}
+
+
 def landing_file_sensor(market: str) -> dg.SensorDefinition:
     job = price_job(market)
 
@@ -97,9 +109,7 @@ def landing_file_sensor(market: str) -> dg.SensorDefinition:
                 requests.append(
                     dg.RunRequest(
                         run_key=f"{path}@{stamp}#{first}..{last}",
-                        run_config={
-                            "resources": {"market_data": {"config": {f"{market}_source": "files"}}}
-                        },
+                        run_config=files_run_config(market_data, market),
                         tags={RANGE_START_TAG: first.isoformat(), RANGE_END_TAG: last.isoformat()},
                     )
                 )

@@ -42,9 +42,12 @@ class MarketDataResource(dg.ConfigurableResource):
             try:
                 return default if raw in (None, "") else kind(raw)
             except ValueError as exc:
-                raise ConfigurationError(f"{var}={raw!r} is not a valid {kind.__name__}") from exc
+                raise ConfigurationError(
+                    f"{var}={raw!r} is not a valid {kind.__name__}; set it to a number "
+                    f"such as {default}, or unset it for the default ({default})."
+                ) from exc
 
-        return cls(
+        resource = cls(
             krx_source=env.get("MARKETPIPE_KRX_SOURCE", "synthetic"),
             us_source=env.get("MARKETPIPE_US_SOURCE", "synthetic"),
             krx_universe=env.get("MARKETPIPE_KRX_UNIVERSE") or None,
@@ -55,6 +58,10 @@ class MarketDataResource(dg.ConfigurableResource):
             synthetic_missing_rate=number("MARKETPIPE_SYNTHETIC_MISSING_RATE", float, 0.01),
             synthetic_bad_row_rate=number("MARKETPIPE_SYNTHETIC_BAD_ROW_RATE", float, 0.002),
         )
+        # An unknown source name fails when the definitions load, not in the first run.
+        for market in MARKETS:
+            resource._source_names(market)
+        return resource
 
     def _factories(self) -> dict:
         return {
@@ -67,7 +74,8 @@ class MarketDataResource(dg.ConfigurableResource):
             "files": lambda: FilesSource(landing_url=self.landing_url),
         }
 
-    def source(self, market: str) -> Source:
+    def _source_names(self, market: str) -> list[str]:
+        """The market's source names in chain order; unknown names are a ConfigurationError."""
         spec = getattr(self, f"{market}_source")
         names = [n.strip() for n in spec.split(",") if n.strip()]
         factories = self._factories()
@@ -78,7 +86,11 @@ class MarketDataResource(dg.ConfigurableResource):
                 f"unknown source(s) {unknown or [spec]}; use one of {sorted(factories)} "
                 "or a comma list of them for a fallback chain."
             )
-        sources = [factories[n]() for n in names]
+        return names
+
+    def source(self, market: str) -> Source:
+        factories = self._factories()
+        sources = [factories[n]() for n in self._source_names(market)]
         return sources[0] if len(sources) == 1 else FallbackSource(sources)
 
     def universe(self, market: str) -> pl.DataFrame:

@@ -28,7 +28,13 @@ def read_table_file(fs: fsspec.AbstractFileSystem, path: str, *, what: str) -> p
         with fs.open(path, "rb") as fh:
             if path.endswith(".parquet"):
                 return pl.read_parquet(fh)
-            return pl.read_csv(fh, try_parse_dates=True, infer_schema_length=10_000)
+            # Tickers are text: inferring KRX codes such as 000010 as integers drops the zeros.
+            return pl.read_csv(
+                fh,
+                try_parse_dates=True,
+                infer_schema_length=10_000,
+                schema_overrides={"symbol": pl.String},
+            )
     except Exception as exc:
         raise SourceError(
             f"{what}: cannot read {path!r} as {path.rsplit('.', 1)[-1]}: {exc}. "

@@ -1,0 +1,95 @@
+"""End to end through Dagster's own CLI, as CONTRACT section 1 documents it."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from marketpipe_assets.automation import RANGE_END_TAG, RANGE_START_TAG
+from marketpipe_assets.markets import partition_dates
+from resources.lake import LakeResource
+from tests.conftest import recent_sessions
+
+ROOT = Path(__file__).resolve().parents[1]
+DAGSTER = Path(sys.executable).with_name("dagster")
+MODULE = "marketpipe_assets.definitions"
+
+
+def dagster(*args: str, env: dict) -> subprocess.CompletedProcess:
+    completed = subprocess.run(
+        [str(DAGSTER), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, (
+        f"dagster {' '.join(args)} exited {completed.returncode}\n"
+        f"stdout:\n{completed.stdout[-3000:]}\nstderr:\n{completed.stderr[-5000:]}"
+    )
+    return completed
+
+
+@pytest.mark.xdist_group("cli")
+def test_cli_materializes_a_partition_range_as_one_run(tmp_path):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    lake_url = tmp_path / "lake"
+    # Only what this test sets: no MARKETPIPE_* or DAGSTER_HOME leaks in from the caller.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("MARKETPIPE_") and k != "DAGSTER_HOME"
+    }
+    if "MARKETPIPE_CACHE_DIR" in os.environ:  # the session cache, not a setting
+        env["MARKETPIPE_CACHE_DIR"] = os.environ["MARKETPIPE_CACHE_DIR"]
+    env.update(
+        DAGSTER_HOME=str(home),
+        MARKETPIPE_LAKE_URL=str(lake_url),
+        MARKETPIPE_LANDING_URL=str(tmp_path / "landing"),
+        MARKETPIPE_SYNTHETIC_SYMBOLS="50",
+    )
+    keys = recent_sessions("krx", 5)
+    first, last = keys[0], keys[-1]
+
+    dagster("asset", "materialize", "-m", MODULE, "--select", "krx/universe", env=env)
+    dagster(
+        "asset",
+        "materialize",
+        "-m",
+        MODULE,
+        "--select",
+        "krx/daily_prices,krx/indicators",
+        "--partition-range",
+        f"{first}...{last}",
+        env=env,
+    )
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        runs = instance.get_runs()
+        assert len(runs) == 2  # the universe, then the whole range
+        range_runs = [r for r in runs if r.tags.get(RANGE_START_TAG)]
+        assert len(range_runs) == 1
+        [run] = range_runs
+        assert run.status == dg.DagsterRunStatus.SUCCESS
+        assert (run.tags[RANGE_START_TAG], run.tags[RANGE_END_TAG]) == (first, last)
+        for dataset in ("daily_prices", "indicators"):
+            key = dg.AssetKey(["krx", dataset])
+            assert instance.get_materialized_partitions(key) == set(keys), dataset
+            records = instance.fetch_materializations(key, limit=100).records
+            assert {r.run_id for r in records} == {run.run_id}
+        universe = instance.fetch_materializations(dg.AssetKey(["krx", "universe"]), limit=10)
+        assert len(universe.records) == 1
+
+    lake = LakeResource(url=str(lake_url))
+    for dataset in ("daily_prices", "indicators"):
+        assert lake.existing_days(dataset, "krx") == set(partition_dates(keys)), dataset
+        files = list((lake_url / dataset / "market=krx").glob("date=*/*.parquet"))
+        assert len(files) == len(keys)
+    assert lake.read_table("universe", "krx").height == 50
