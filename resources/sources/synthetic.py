@@ -194,7 +194,10 @@ class SyntheticSource:
 
     def _inject_bad_rows(self, frame: pl.DataFrame) -> pl.DataFrame:
         """Break a `bad_row_rate` share of bars, each in one of the ways real feeds do."""
+        if self.bad_row_rate <= 0:
+            return frame.drop("bad_u")
         bad = pl.col("bad_u") < self.bad_row_rate
+        # Among bad rows bad_u is uniform on [0, rate): its position picks the defect.
         kind = (pl.col("bad_u") / self.bad_row_rate * len(_BAD_KINDS)).cast(pl.Int32)
 
         def defect(name: str) -> pl.Expr:
