@@ -4,6 +4,7 @@ import os
 
 import dagster as dg
 
+from checks.ge_check import ge_asset_check
 from resources.lake import LakeResource
 from resources.market_data import MarketDataResource
 
@@ -21,6 +22,7 @@ jobs = [price_job(market) for market in MARKETS]
 
 defs = dg.Definitions(
     assets=assets,
+    asset_checks=[ge_asset_check(m) for m in MARKETS],
     jobs=jobs,
     schedules=[market_schedule(market) for market in MARKETS],
     sensors=[landing_file_sensor(market) for market in MARKETS],

@@ -53,13 +53,14 @@ def materialize(
     instance: dg.DagsterInstance,
     partition_key: str | None = None,
     partition_range: tuple[str, str] | None = None,
+    checks: list[dg.AssetChecksDefinition] | None = None,
 ) -> dg.ExecuteInProcessResult:
     """Materialize a market's datasets through Dagster (one run, as the CLI would)."""
     tags = {}
     if partition_range:
         tags = {RANGE_START_TAG: partition_range[0], RANGE_END_TAG: partition_range[1]}
     return dg.materialize(
-        market_assets(market, *datasets),
+        [*market_assets(market, *datasets), *(checks or [])],
         instance=instance,
         resources={"lake": lake, "market_data": market_data},
         partition_key=partition_key,
