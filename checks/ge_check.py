@@ -6,11 +6,9 @@ stored ∪ quarantined is the whole validated batch. This check reads both back 
 being checked, runs the Great Expectations suite generated from the same rulebook on their union
 and passes when GE finds, per rule, exactly as many breaking rows as the quarantine recorded. It
 cross-checks the polars engine, the quarantine bookkeeping and the lake round trip; it warns
-rather than blocks (the blocking checks are price_relationships and completeness).
-
-One known blind spot: the asset files a quarantined row with no trade_date under the run's last
-session (it fills the date in), so reading it back GE no longer sees that null while the row's
-`violations` still name required_fields; such a batch shows as a disagreement.
+rather than blocks (the blocking checks are price_relationships and completeness). A quarantined
+row without a trade_date is filed, date still null, under the run's last session, so GE sees it
+as it arrived.
 """
 
 import datetime as dt

@@ -77,13 +77,11 @@ def daily_prices_asset(market: str) -> dg.AssetsDefinition:
         raw = source.daily_bars(market, sessions, universe["symbol"].to_list())
         validated = validate(standardise(raw))
         stored = validated.clean
-        # Undated rows cannot name their session: they are kept with the run's last session.
-        quarantined = validated.quarantined.with_columns(
-            pl.col("trade_date").fill_null(max(sessions))
-        )
+        quarantined = validated.quarantined
         # Replaces exactly this run's partitions (stored and quarantine), each atomically.
         lake.write_partitions("daily_prices", market, stored, sessions)
-        lake.write_quarantine("daily_prices", market, quarantined, sessions)
+        # Undated rows cannot name their session: they are filed, as they are, under the last.
+        lake.write_quarantine("daily_prices", market, quarantined, sessions, undated=max(sessions))
 
         by_session = completeness_by_session(stored, universe, sessions)
         previous = _previous_stored(lake, market, min(sessions))

@@ -119,12 +119,25 @@ class LakeResource(dg.ConfigurableResource):
         return len(jobs)
 
     def write_quarantine(
-        self, dataset: str, market: str, frame: pl.DataFrame, days: Iterable[dt.date]
+        self,
+        dataset: str,
+        market: str,
+        frame: pl.DataFrame,
+        days: Iterable[dt.date],
+        *,
+        undated: dt.date | None = None,
     ) -> int:
-        """Replace the quarantine partitions of `days`: rows where any, no file where none."""
+        """Replace the quarantine partitions of `days`: rows where any, no file where none.
+
+        Rows without a trade_date are kept unchanged in the `undated` day's file (default: the
+        last of `days`).
+        """
         qdataset = f"quarantine/{dataset}"
         by_day = _split_by_day(frame, "trade_date")
         days = list(days)
+        if None in by_day:
+            nulls, undated = by_day.pop(None), undated or max(days)
+            by_day[undated] = pl.concat([by_day[undated], nulls]) if undated in by_day else nulls
         self._run_writes(
             [(by_day[d], self.partition_file(qdataset, market, d)) for d in days if d in by_day]
         )
