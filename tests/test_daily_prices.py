@@ -1,0 +1,498 @@
+"""Daily prices through real Dagster runs on a temporary instance and lake: clean storage,
+quarantine, completeness, holidays, re-runs and backfills (CONTRACT sections 2 and 3)."""
+
+import datetime as dt
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from checks.rulebook import DAILY_PRICE_RULES, validate
+from marketpipe_assets.automation import RANGE_START_TAG, market_schedule
+from marketpipe_assets.markets import is_session, partitions_def
+from marketpipe_assets.schemas import DAILY_PRICES, INDICATORS
+from resources.lake import LakeResource
+from resources.market_data import MarketDataResource
+from resources.sources.synthetic import SyntheticSource
+from tests.conftest import materialize, recent_sessions
+
+RULE_NAMES = {r.name for r in DAILY_PRICE_RULES}
+KEY = ["symbol", "trade_date"]
+
+
+# Helpers --------------------------------------------------------------------------------------
+def part_file(lake: LakeResource, dataset: str, market: str, day: str) -> Path:
+    return Path(lake.url) / dataset / f"market={market}" / f"date={day}" / "part-0.parquet"
+
+
+def quarantine_dir(lake: LakeResource, market: str, day: str) -> Path:
+    return Path(lake.url) / "quarantine" / "daily_prices" / f"market={market}" / f"date={day}"
+
+
+def parquet_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.glob("*.parquet")) if folder.exists() else []
+
+
+def check_evaluations(result: dg.ExecuteInProcessResult) -> dict[str, object]:
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+def materializations(result: dg.ExecuteInProcessResult, market: str, dataset: str) -> list:
+    key = dg.AssetKey([market, dataset])
+    return [e for e in result.get_asset_materialization_events() if e.asset_key == key]
+
+
+def store_universe(market, lake, market_data, instance) -> pl.DataFrame:
+    result = materialize(
+        market, ("universe",), lake=lake, market_data=market_data, instance=instance
+    )
+    assert result.success
+    return lake.read_table("universe", market)
+
+
+def synthetic(market_data: MarketDataResource) -> SyntheticSource:
+    return SyntheticSource(
+        symbols=market_data.synthetic_symbols,
+        seed=market_data.synthetic_seed,
+        missing_rate=market_data.synthetic_missing_rate,
+        bad_row_rate=market_data.synthetic_bad_row_rate,
+    )
+
+
+def raw_bars(lake, market_data, market: str, days: list[str]) -> pl.DataFrame:
+    """What the source produces for these sessions and the stored universe's symbols."""
+    symbols = lake.read_table("universe", market)["symbol"].to_list()
+    return synthetic(market_data).daily_bars(
+        market, [dt.date.fromisoformat(d) for d in days], symbols
+    )
+
+
+def active_symbols(universe: pl.DataFrame, day: str) -> set[str]:
+    d = dt.date.fromisoformat(day)
+    return set(
+        universe.filter(
+            (pl.col("listing_date") <= d)
+            & (pl.col("delisting_date").is_null() | (pl.col("delisting_date") > d))
+        )["symbol"]
+    )
+
+
+def expected_rules(row: dict, duplicated: bool) -> set[str]:
+    """The rules a bar breaks, written out independently of the rulebook's expressions."""
+    prices = [row[c] for c in ("open", "high", "low", "close")]
+    required = [row["symbol"], row["trade_date"], *prices, row["volume"]]
+    o, h, lo, c = prices
+    broken = set()
+    if any(v is None for v in required):
+        broken.add("required_fields")
+    if any(v is not None and v <= 0 for v in prices):
+        broken.add("positive_prices")
+    if h is not None and lo is not None and h < lo:
+        broken.add("high_gte_low")
+    if o is not None and ((lo is not None and o < lo) or (h is not None and o > h)):
+        broken.add("open_within_range")
+    if c is not None and ((lo is not None and c < lo) or (h is not None and c > h)):
+        broken.add("close_within_range")
+    if row["volume"] is not None and row["volume"] < 0:
+        broken.add("non_negative_volume")
+    if duplicated:
+        broken.add("unique_symbol_date")
+    return broken
+
+
+def assert_clean(frame: pl.DataFrame) -> None:
+    """Every stored row satisfies every price rule (checked without the rulebook)."""
+    assert frame.null_count().sum_horizontal().item() == 0
+    assert frame.filter(
+        (pl.col("low") <= 0)
+        | (pl.col("high") < pl.col("low"))
+        | ~pl.col("open").is_between(pl.col("low"), pl.col("high"))
+        | ~pl.col("close").is_between(pl.col("low"), pl.col("high"))
+        | (pl.col("volume") < 0)
+    ).is_empty()
+    assert not frame.select(pl.struct(KEY).is_duplicated().any()).item()
+
+
+def pick_session(market: str, predicate, lookback: int = 60) -> str:
+    """The most recent past session for which `predicate(key)` holds (computed from the source,
+    so the test does not depend on which day it runs)."""
+    for key in reversed(recent_sessions(market, lookback)):
+        if predicate(key):
+            return key
+    pytest.fail(f"no {market} session in the last {lookback} satisfies the test's precondition")
+
+
+def by_key(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.sort(KEY, maintain_order=True)
+
+
+# 1. A normal session --------------------------------------------------------------------------
+@pytest.mark.parametrize("market", ["krx", "us"])
+def test_normal_session_is_stored_clean_and_passes_blocking_checks(market, lake, instance):
+    # The default rates (1% missing, 0.2% bad) on 200 symbols: with the 60-symbol fixture three
+    # missing bars already make a session fail completeness (about 3% of sessions).
+    market_data = MarketDataResource(synthetic_symbols=200, landing_url="unused-landing")
+    store_universe(market, lake, market_data, instance)
+    day = recent_sessions(market, 1)[0]
+    result = materialize(
+        market,
+        ("daily_prices",),
+        lake=lake,
+        market_data=market_data,
+        instance=instance,
+        partition_key=day,
+    )
+    assert result.success
+
+    path = part_file(lake, "daily_prices", market, day)
+    assert parquet_files(path.parent) == ["part-0.parquet"]
+    stored = pl.read_parquet(path)
+    assert {c: stored.schema[c] for c in DAILY_PRICES} == dict(DAILY_PRICES)
+    assert stored["trade_date"].unique().to_list() == [dt.date.fromisoformat(day)]
+    assert stored["source"].unique().to_list() == ["synthetic"]
+    assert_clean(stored)
+
+    # Exactly the source's valid bars, one per active symbol that has a bar.
+    expected = validate(raw_bars(lake, market_data, market, [day])).clean
+    assert_frame_equal(by_key(stored.select(DAILY_PRICES.names())), by_key(expected))
+    universe = lake.read_table("universe", market)
+    assert set(stored["symbol"]) <= active_symbols(universe, day)
+    assert len(stored) >= 0.95 * len(active_symbols(universe, day))
+
+    checks = check_evaluations(result)
+    assert checks["price_relationships"].passed
+    assert checks["completeness"].passed
+    assert checks["price_relationships"].blocking and checks["completeness"].blocking
+    (event,) = materializations(result, market, "daily_prices")
+    assert event.partition == day
+    assert event.materialization.metadata["rows"].value == len(stored)
+
+
+# 2. Bad rows are quarantined with their rules -------------------------------------------------
+def test_bad_rows_are_quarantined_with_their_rules_and_nothing_is_lost(tmp_path, instance):
+    market = "krx"
+    lake = LakeResource(url=str(tmp_path / "lake"))
+    market_data = MarketDataResource(
+        synthetic_symbols=200, synthetic_bad_row_rate=0.05, landing_url="unused-landing"
+    )
+    store_universe(market, lake, market_data, instance)
+    day = recent_sessions(market, 1)[0]
+    raw = raw_bars(lake, market_data, market, [day])
+    reference = validate(raw)
+    assert len(reference.quarantined) >= 5, "the source should have injected bad rows"
+
+    result = materialize(
+        market,
+        ("daily_prices",),
+        lake=lake,
+        market_data=market_data,
+        instance=instance,
+        partition_key=day,
+    )
+    # 5% bad rows may pull completeness under 95% (a blocking failure): the data is stored anyway.
+    assert [e.partition for e in materializations(result, market, "daily_prices")] == [day]
+
+    stored = pl.read_parquet(part_file(lake, "daily_prices", market, day))
+    qdir = quarantine_dir(lake, market, day)
+    assert parquet_files(qdir) == ["part-0.parquet"]
+    quarantined = pl.read_parquet(qdir / "part-0.parquet")
+
+    # Schema: the dataset's columns plus violations, a list of rule names.
+    assert quarantined.schema["violations"] == pl.List(pl.String)
+    assert {c: quarantined.schema[c] for c in DAILY_PRICES} == dict(DAILY_PRICES)
+
+    # Same rows and rule names as the rulebook applied to the raw bars ...
+    order = [*KEY, "open", "high", "low", "close", "volume"]
+    normalise = pl.col("violations").list.sort()
+    assert_frame_equal(
+        quarantined.select(*DAILY_PRICES.names(), normalise).sort(order, nulls_last=True),
+        reference.quarantined.select(*DAILY_PRICES.names(), normalise).sort(order, nulls_last=True),
+    )
+    # ... and those names are right when worked out by hand from each row.
+    duplicated = set(raw.group_by(KEY).len().filter(pl.col("len") > 1).select(KEY).iter_rows())
+    for row in quarantined.iter_rows(named=True):
+        key = (row["symbol"], row["trade_date"])
+        assert set(row["violations"]) == expected_rules(row, key in duplicated), row
+        assert set(row["violations"]) <= RULE_NAMES
+    assert len({v for vs in quarantined["violations"] for v in vs}) >= 3
+
+    # Never stored, nothing lost, and the stored partition is clean.
+    assert stored.join(quarantined, on=KEY, how="semi").is_empty()
+    assert len(stored) + len(quarantined) == len(raw)
+    assert_clean(stored)
+    checks = check_evaluations(result)
+    assert checks["price_relationships"].passed
+    assert checks["price_relationships"].metadata["quarantined_rows"].value == len(quarantined)
+
+
+# 3. Completeness ------------------------------------------------------------------------------
+def _completeness(lake, market_data, market, universe, day) -> tuple[int, int]:
+    """(active symbols, active symbols with a valid bar) for the session, from the source."""
+    active = active_symbols(universe, day)
+    clean = validate(raw_bars(lake, market_data, market, [day])).clean
+    return len(active), len(set(clean["symbol"]) & active)
+
+
+def test_incomplete_session_fails_completeness_and_blocks_indicators(tmp_path, instance):
+    market = "krx"
+    lake = LakeResource(url=str(tmp_path / "lake"))
+    market_data = MarketDataResource(
+        synthetic_symbols=200,
+        synthetic_missing_rate=0.10,
+        synthetic_bad_row_rate=0.0,
+        landing_url="unused-landing",
+    )
+    universe = store_universe(market, lake, market_data, instance)
+
+    def below_threshold(day):
+        active, present = _completeness(lake, market_data, market, universe, day)
+        return present / active < 0.95
+
+    day = pick_session(market, below_threshold)
+    result = materialize(
+        market,
+        ("daily_prices", "indicators"),
+        lake=lake,
+        market_data=market_data,
+        instance=instance,
+        partition_key=day,
+    )
+
+    assert not result.success
+    checks = check_evaluations(result)
+    assert not checks["completeness"].passed
+    assert checks["completeness"].metadata["sessions_below_threshold"].value == [day]
+    assert checks["price_relationships"].passed
+    # The prices themselves are stored; only their dependants are held back.
+    assert part_file(lake, "daily_prices", market, day).exists()
+    # Blocking: the indicators step never ran in this run and wrote nothing.
+    assert result.is_node_skipped("krx__indicators") or result.is_node_untouched("krx__indicators")
+    assert not materializations(result, market, "indicators")
+    started = {
+        r.step_key for r in instance.all_logs(result.run_id, of_type=dg.DagsterEventType.STEP_START)
+    }
+    assert started == {"krx__daily_prices"}
+    assert not part_file(lake, "indicators", market, day).exists()
+    assert not (Path(lake.url) / "indicators").exists()
+
+
+def test_nearly_complete_session_passes_and_reports_missing_rows(tmp_path, instance):
+    market = "us"
+    lake = LakeResource(url=str(tmp_path / "lake"))
+    market_data = MarketDataResource(
+        synthetic_symbols=200,
+        synthetic_missing_rate=0.02,
+        synthetic_bad_row_rate=0.0,
+        landing_url="unused-landing",
+    )
+    universe = store_universe(market, lake, market_data, instance)
+    counts = {}
+
+    def partial(day):
+        counts[day] = _completeness(lake, market_data, market, universe, day)
+        active, present = counts[day]
+        return 0.95 <= present / active < 1
+
+    day = pick_session(market, partial)
+    active, present = counts[day]
+    result = materialize(
+        market,
+        ("daily_prices", "indicators"),
+        lake=lake,
+        market_data=market_data,
+        instance=instance,
+        partition_key=day,
+    )
+
+    assert result.success
+    completeness = check_evaluations(result)["completeness"]
+    assert completeness.passed
+    assert "accepted" in completeness.description
+    assert "missing" in completeness.description
+    metadata = {k: v.value for k, v in completeness.metadata.items()}
+    assert metadata["sessions_accepted_with_missing_rows"] == 1
+    assert metadata["missing_symbol_days"] == active - present > 0
+    assert metadata["min_completeness"] == pytest.approx(present / active, abs=1e-4)
+    assert part_file(lake, "indicators", market, day).exists()
+
+
+# 4. Holidays ---------------------------------------------------------------------------------
+def test_holidays_are_not_partitions_and_half_days_materialize(
+    with_universe, lake, market_data, instance
+):
+    chuseok, thanksgiving, black_friday = "2025-10-06", "2025-11-27", "2025-11-28"
+    assert dt.date.fromisoformat(chuseok).weekday() < 5
+    assert not is_session("krx", dt.date.fromisoformat(chuseok))
+    assert not is_session("us", dt.date.fromisoformat(thanksgiving))
+    krx_keys = set(partitions_def("krx").get_partition_keys())
+    us_keys = set(partitions_def("us").get_partition_keys())
+    assert chuseok not in krx_keys and thanksgiving not in us_keys
+    # The weekday cron's neighbours of those holidays are partitions; holidays are only excluded
+    # on their own market.
+    assert {"2025-10-02", "2025-10-10"} <= krx_keys and chuseok in us_keys
+    assert {"2025-11-26", black_friday} <= us_keys and thanksgiving in krx_keys
+    # The 18:00 schedule skips a holiday rather than requesting a run that could fail.
+    seoul = dt.datetime(2025, 10, 6, 18, tzinfo=dt.timezone(dt.timedelta(hours=9)))
+    tick = market_schedule("krx").evaluate_tick(
+        dg.build_schedule_context(instance=instance, scheduled_execution_time=seoul)
+    )
+    assert not tick.run_requests and tick.skip_message
+
+    # A range over the holiday week stores only sessions.
+    krx = materialize(
+        "krx",
+        ("daily_prices", "indicators"),
+        lake=lake,
+        market_data=market_data,
+        instance=instance,
+        partition_range=("2025-10-02", "2025-10-10"),
+    )
+    assert krx.success
+    stored_days = sorted(p.name for p in (Path(lake.url) / "daily_prices" / "market=krx").iterdir())
+    assert stored_days == ["date=2025-10-02", "date=2025-10-10"]
+    assert {e.partition for e in materializations(krx, "krx", "daily_prices")} == {
+        "2025-10-02",
+        "2025-10-10",
+    }
+
+    # The US half day is an ordinary partition.
+    us = materialize(
+        "us",
+        ("daily_prices", "indicators"),
+        lake=lake,
+        market_data=market_data,
+        instance=instance,
+        partition_key=black_friday,
+    )
+    assert us.success
+    assert all(e.passed for e in us.get_asset_check_evaluations())
+    stored = pl.read_parquet(part_file(lake, "daily_prices", "us", black_friday))
+    assert len(stored) > 0
+    assert stored["trade_date"].unique().to_list() == [dt.date(2025, 11, 28)]
+    assert part_file(lake, "indicators", "us", black_friday).exists()
+
+
+# 5. Re-runs replace -------------------------------------------------------------------------
+def test_rerun_replaces_the_partition_and_its_quarantine(tmp_path, instance):
+    market = "krx"
+    lake = LakeResource(url=str(tmp_path / "lake"))
+    day = recent_sessions(market, 1)[0]
+    folder = part_file(lake, "daily_prices", market, day).parent
+    qdir = quarantine_dir(lake, market, day)
+    previous = None
+    runs = [(11, 0.05), (12, 0.05), (13, 0.0)]
+    for seed, bad_rate in runs:
+        market_data = MarketDataResource(
+            synthetic_symbols=200,
+            synthetic_seed=seed,
+            synthetic_bad_row_rate=bad_rate,
+            landing_url="unused-landing",
+        )
+        store_universe(market, lake, market_data, instance)
+        expected = validate(raw_bars(lake, market_data, market, [day]))
+        assert (len(expected.quarantined) > 0) == (bad_rate > 0)
+        result = materialize(
+            market,
+            ("daily_prices",),
+            lake=lake,
+            market_data=market_data,
+            instance=instance,
+            partition_key=day,
+        )
+        assert [e.partition for e in materializations(result, market, "daily_prices")] == [day]
+        assert check_evaluations(result)["price_relationships"].passed
+
+        # Exactly one file and no leftovers; its content is this run's data.
+        assert sorted(p.name for p in folder.iterdir()) == ["part-0.parquet"]
+        stored = pl.read_parquet(folder / "part-0.parquet")
+        assert_frame_equal(by_key(stored), by_key(expected.clean))
+        if previous is not None:
+            assert not stored.equals(previous)
+        previous = stored
+
+        if len(expected.quarantined):
+            assert parquet_files(qdir) == ["part-0.parquet"]
+            quarantined = pl.read_parquet(qdir / "part-0.parquet")
+            assert len(quarantined) == len(expected.quarantined)
+            assert (
+                quarantined.select(KEY).sort(KEY).equals(expected.quarantined.select(KEY).sort(KEY))
+            )
+        else:
+            assert parquet_files(qdir) == []
+
+    # A reader of the whole lake sees the last run's rows only.
+    everything = pl.scan_parquet(f"{lake.url}/daily_prices/**/*.parquet", hive_partitioning=True)
+    assert everything.select(pl.len()).collect().item() == len(previous)
+    quarantine = list((Path(lake.url) / "quarantine").rglob("*.parquet"))
+    assert quarantine == []
+
+
+# 6. A backfill equals day-by-day runs ---------------------------------------------------------
+def test_range_backfill_is_one_run_and_equals_day_by_day_runs(tmp_path, instance):
+    market = "krx"
+    # No missing bars, so no session fails completeness and blocks indicators; a few bad rows.
+    market_data = MarketDataResource(
+        synthetic_symbols=100, synthetic_missing_rate=0.0, landing_url="unused-landing"
+    )
+    sessions = recent_sessions(market, 30)
+    history, backfill = sessions[:22], sessions[22:]
+    assert len(backfill) == 8
+    range_lake = LakeResource(url=str(tmp_path / "range"))
+    daily_lake = LakeResource(url=str(tmp_path / "daily"))
+    store_universe(market, range_lake, market_data, instance)
+    # Earlier prices, so the indicators compared below have values, not only nulls; both lakes
+    # start from this same stored state.
+    result = materialize(
+        market,
+        ("daily_prices",),
+        lake=range_lake,
+        market_data=market_data,
+        instance=instance,
+        partition_range=(history[0], history[-1]),
+    )
+    assert result.success
+    shutil.copytree(range_lake.url, daily_lake.url)
+
+    runs_before = len(instance.get_runs())
+    ranged = materialize(
+        market,
+        ("daily_prices", "indicators"),
+        lake=range_lake,
+        market_data=market_data,
+        instance=instance,
+        partition_range=(backfill[0], backfill[-1]),
+    )
+    assert ranged.success
+    assert len(instance.get_runs()) == runs_before + 1
+    tagged = instance.get_runs(filters=dg.RunsFilter(tags={RANGE_START_TAG: backfill[0]}))
+    assert [r.run_id for r in tagged] == [ranged.run_id]
+    for dataset in ("daily_prices", "indicators"):
+        assert sorted(e.partition for e in materializations(ranged, market, dataset)) == backfill
+
+    for day in backfill:
+        result = materialize(
+            market,
+            ("daily_prices", "indicators"),
+            lake=daily_lake,
+            market_data=market_data,
+            instance=instance,
+            partition_key=day,
+        )
+        assert result.success
+    assert len(instance.get_runs()) == runs_before + 1 + len(backfill)
+
+    first, last = dt.date.fromisoformat(backfill[0]), dt.date.fromisoformat(backfill[-1])
+    for dataset, schema in (("daily_prices", DAILY_PRICES), ("indicators", INDICATORS)):
+        a = range_lake.read_partitions(dataset, market, schema, first=first, last=last)
+        b = daily_lake.read_partitions(dataset, market, schema, first=first, last=last)
+        assert len(a) > 0 and a["trade_date"].n_unique() == len(backfill)
+        assert_frame_equal(by_key(a), by_key(b))
+    indicators = range_lake.read_partitions("indicators", market, INDICATORS)
+    assert indicators["sma_20"].drop_nulls().len() > 0
+    assert indicators["rsi_14"].drop_nulls().len() > 0
+    qa = range_lake.read_quarantine("daily_prices", market, DAILY_PRICES)
+    qb = daily_lake.read_quarantine("daily_prices", market, DAILY_PRICES)
+    assert_frame_equal(by_key(qa), by_key(qb))
