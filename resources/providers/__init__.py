@@ -1,0 +1,1 @@
+"""Real market-data providers behind the source interface, over one resilient HTTP layer."""

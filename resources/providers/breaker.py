@@ -1,0 +1,63 @@
+"""Circuit breaker per provider (seed 000): 5 failures open it for 60 s, then one probe."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from .errors import ProviderDown
+
+FAILURE_THRESHOLD = 5
+OPEN_SECONDS = 60.0
+
+
+class CircuitBreaker:
+    CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+
+    def __init__(
+        self,
+        provider: str,
+        threshold: int = FAILURE_THRESHOLD,
+        open_seconds: float = OPEN_SECONDS,
+        clock=time.monotonic,
+    ):
+        self.provider, self.threshold, self.open_seconds = provider, threshold, open_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.state, self.failures, self._opened_at = self.CLOSED, 0, 0.0
+        self._probing = False
+
+    def before_call(self) -> None:
+        """Raise ProviderDown fast while open; let exactly one probe through when half-open."""
+        with self._lock:
+            if self.state == self.OPEN:
+                remaining = self.open_seconds - (self._clock() - self._opened_at)
+                if remaining > 0:
+                    raise ProviderDown(
+                        f"{self.provider}: circuit open after {self.failures} consecutive "
+                        f"failures; next probe in {remaining:.0f} s"
+                    )
+                self.state, self._probing = self.HALF_OPEN, False
+            if self.state == self.HALF_OPEN:
+                if self._probing:
+                    raise ProviderDown(f"{self.provider}: circuit half-open, probe in flight")
+                self._probing = True
+
+    def record_success(self) -> None:
+        with self._lock:
+            self.state, self.failures, self._probing = self.CLOSED, 0, False
+
+    def record_failure(self) -> None:
+        with self._lock:
+            self.failures += 1
+            if self.state == self.HALF_OPEN or self.failures >= self.threshold:
+                self.state, self._opened_at, self._probing = self.OPEN, self._clock(), False
+
+
+_SHARED: dict[str, CircuitBreaker] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_breaker(provider: str) -> CircuitBreaker:
+    with _SHARED_LOCK:
+        return _SHARED.setdefault(provider, CircuitBreaker(provider))
