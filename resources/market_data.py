@@ -11,13 +11,9 @@ import polars as pl
 from marketpipe_assets.markets import MARKETS
 from marketpipe_assets.schemas import UNIVERSE, conform
 
-from .sources.base import FallbackSource, Source, SourceError
+from .sources.base import ConfigurationError, FallbackSource, Source, SourceError
 from .sources.files import FilesSource, read_table_file
 from .sources.synthetic import SyntheticSource
-
-
-class ConfigurationError(ValueError):
-    pass
 
 
 class MarketDataResource(dg.ConfigurableResource):

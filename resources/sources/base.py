@@ -9,6 +9,10 @@ from typing import Protocol
 import polars as pl
 
 
+class ConfigurationError(ValueError):
+    """A setting is wrong; the message names the variable and what to do."""
+
+
 class SourceUnavailable(RuntimeError):
     """The source cannot serve now (down, circuit open, live-only); a chain moves on."""
 
