@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+from functools import partial
 
 import dagster as dg
 import fsspec
@@ -11,6 +13,7 @@ import polars as pl
 from marketpipe_assets.markets import MARKETS
 from marketpipe_assets.schemas import UNIVERSE, conform
 
+from .providers import PROVIDERS
 from .sources.base import ConfigurationError, FallbackSource, Source, SourceError
 from .sources.files import FilesSource, read_table_file
 from .sources.synthetic import SyntheticSource
@@ -68,6 +71,7 @@ class MarketDataResource(dg.ConfigurableResource):
                 bad_row_rate=self.synthetic_bad_row_rate,
             ),
             "files": lambda: FilesSource(landing_url=self.landing_url),
+            **{name: partial(_provider_source, name) for name in PROVIDERS},
         }
 
     def _source_names(self, market: str) -> list[str]:
@@ -101,3 +105,9 @@ class MarketDataResource(dg.ConfigurableResource):
             return conform(frame, UNIVERSE, what=f"{variable}={override!r}")
         except (SourceError, ValueError, OSError) as exc:
             raise ConfigurationError(f"{variable}={override!r}: {exc}") from exc
+
+
+def _provider_source(name: str) -> Source:
+    """Each provider module builds its source from its own environment variables (credentials
+    never pass through Dagster config, so they never show in the UI or run records)."""
+    return importlib.import_module(f"resources.providers.{name}").source_from_env()
