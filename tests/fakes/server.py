@@ -68,6 +68,12 @@ class FaultPlan:
         return None
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's listen backlog is 5: a burst of new connections beyond it has its SYNs
+    # dropped and retried by the kernel a second later, which looks like a 1 s provider stall.
+    request_queue_size = 128
+
+
 class FakeProvider:
     """Start with `with FakeX() as server:`; `server.url` is its base URL."""
 
@@ -129,7 +135,7 @@ class FakeProvider:
             def log_message(self, *args):
                 pass
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = _Server(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
         return self
