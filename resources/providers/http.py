@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
-from tenacity.wait import wait_exponential_jitter
+
+from resources.sources.base import ConfigurationError
 
 from .breaker import CircuitBreaker
 from .errors import (
@@ -28,6 +32,7 @@ from .errors import (
     RateLimited,
     SchemaDrift,
     Unauthorized,
+    _where,
 )
 from .limiter import SlidingWindowLimiter
 
@@ -40,18 +45,49 @@ MAX_RETRY_AFTER = 120.0
 
 @dataclass(frozen=True)
 class RetryPolicy:
+    """Wait before retry n (1, 2, ...): min(maximum, initial * 2**(n-1) + uniform(0, jitter))."""
+
     attempts: int = 4  # the first try and three retries
     initial: float = 0.5
     maximum: float = 30.0
     jitter: float = 0.5
+
+    @classmethod
+    def from_env(cls) -> RetryPolicy:
+        """The default schedule, shortened or stretched by MARKETPIPE_RETRY_INITIAL_SECONDS and
+        MARKETPIPE_RETRY_MAX_SECONDS (the jitter never exceeds the initial wait)."""
+        initial = _seconds("MARKETPIPE_RETRY_INITIAL_SECONDS", cls.initial)
+        maximum = _seconds("MARKETPIPE_RETRY_MAX_SECONDS", cls.maximum)
+        return cls(initial=initial, maximum=maximum, jitter=min(cls.jitter, initial))
+
+
+def _seconds(variable: str, default: float) -> float:
+    raw = os.environ.get(variable, "")
+    try:
+        value = float(raw) if raw.strip() else default
+    except ValueError:
+        value = -1.0
+    if not value >= 0:  # also rejects nan
+        raise ConfigurationError(
+            f"{variable}={raw!r}: use a number of seconds >= 0, e.g. {default}, or unset it"
+        )
+    return value
 
 
 Classifier = Callable[[Any, httpx.Response], None]
 
 
 class Redactor:
+    """Masks each secret as sent (raw), as it appears in a URL (percent-encoded) and in JSON."""
+
     def __init__(self, secrets: Sequence[str | None]):
-        self.secrets = [s for s in secrets if s]
+        forms = set()
+        for secret in filter(None, secrets):
+            in_json = json.dumps(secret)[1:-1]
+            forms |= {secret, quote(secret, safe=""), quote_plus(secret), in_json}
+            forms.add(in_json.replace("/", "\\/"))  # some servers escape "/" in JSON strings
+        # Longest first, so a form containing another is masked whole.
+        self.secrets = sorted(forms, key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
         for secret in self.secrets:
@@ -78,12 +114,13 @@ class ProviderHttp:
         limiter: SlidingWindowLimiter,
         breaker: CircuitBreaker,
         secrets: Sequence[str | None] = (),
-        retry: RetryPolicy = RetryPolicy(),
+        retry: RetryPolicy | None = None,
         timeout: float = 10.0,
         max_connections: int = 64,
     ):
         self.provider, self.base_url = provider, base_url.rstrip("/")
-        self.limiter, self.breaker, self.retry = limiter, breaker, retry
+        self.limiter, self.breaker = limiter, breaker
+        self.retry = retry if retry is not None else RetryPolicy.from_env()
         self.redact = Redactor(secrets)
         self._timeout, self._max_connections = timeout, max_connections
         self._client: httpx.AsyncClient | None = None
@@ -107,10 +144,8 @@ class ProviderHttp:
         error = state.outcome.exception() if state.outcome else None
         if isinstance(error, RateLimited) and error.retry_after is not None:
             return error.retry_after
-        backoff = wait_exponential_jitter(
-            initial=self.retry.initial, max=self.retry.maximum, jitter=self.retry.jitter
-        )
-        return backoff(state)
+        backoff = self.retry.initial * 2 ** (state.attempt_number - 1)
+        return min(self.retry.maximum, backoff + random.uniform(0, self.retry.jitter))
 
     async def request_json(
         self,
@@ -128,6 +163,7 @@ class ProviderHttp:
                 return False
             return isinstance(error, ProviderError) and error.retryable
 
+        attempts = 0
         try:
             async for attempt in AsyncRetrying(
                 stop=stop_after_attempt(self.retry.attempts),
@@ -136,38 +172,51 @@ class ProviderHttp:
                 reraise=True,
             ):
                 with attempt:
+                    attempts += 1
                     return await self._once(method, endpoint, symbol, classify, kwargs)
         except ProviderError as error:
-            if error.retryable:
+            if isinstance(error, RateLimited) and (error.retry_after or 0) > MAX_RETRY_AFTER:
                 raise ProviderDown(
-                    f"{error} (gave up after {self.retry.attempts} attempts)"
+                    f"{error} (Retry-After {error.retry_after:.0f} s is longer than the "
+                    f"{MAX_RETRY_AFTER:.0f} s a run waits)"
                 ) from error
+            if error.retryable:
+                raise ProviderDown(f"{error} (gave up after {attempts} attempts)") from error
             raise
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _once(self, method, endpoint, symbol, classify, kwargs):
         assert self._client is not None, "use ProviderHttp inside `async with`"
-        self.breaker.before_call()
-        await self.limiter.acquire()
+        self.breaker.before_call(where=_where(self.provider, self.redact(endpoint), symbol))
         try:
-            response = await self._client.request(method, endpoint, **kwargs)
+            # The slot is held until the reply is in (limiter.py says why).
+            async with self.limiter.slot():
+                response = await self._client.request(method, endpoint, **kwargs)
             payload = self._interpret(response, endpoint, symbol, classify)
         except ProviderError as error:
-            # Outages count against the circuit; rate limits and client errors do not.
+            # Outages count against the circuit. Rate limits and client errors do not: the
+            # provider answered, which is all the circuit asks (and it ends a half-open probe).
             if error.retryable and not isinstance(error, RateLimited):
                 self.breaker.record_failure()
+            else:
+                self.breaker.record_success()
             raise
         except httpx.HTTPError as error:
             self.breaker.record_failure()
             kind = type(error).__name__
             raise ProviderError(
-                self.provider, endpoint, symbol, self.redact(f"{kind}: {error}")
+                self.provider, self.redact(endpoint), symbol, self.redact(f"{kind}: {error}")
             ) from None
+        except BaseException:
+            # Cancelled, or a classifier bug: no verdict, but a half-open probe must not stay
+            # claimed forever.
+            self.breaker.release()
+            raise
         self.breaker.record_success()
         return payload, response
 
     def _interpret(self, response, endpoint, symbol, classify) -> Any:
-        where = (self.provider, endpoint, symbol)
+        where = (self.provider, self.redact(endpoint), symbol)
         status = response.status_code
         body = self.redact(response.text[:300])
         try:
