@@ -95,6 +95,10 @@ class Redactor:
         return text
 
 
+def _attempts(n: int) -> str:
+    return f"{n} attempt" + ("s" if n != 1 else "")
+
+
 def _retry_after(response: httpx.Response) -> float | None:
     raw = response.headers.get("retry-after")
     try:
@@ -163,7 +167,7 @@ class ProviderHttp:
                 return False
             return isinstance(error, ProviderError) and error.retryable
 
-        attempts = 0
+        attempts, last = 0, None
         try:
             async for attempt in AsyncRetrying(
                 stop=stop_after_attempt(self.retry.attempts),
@@ -172,8 +176,11 @@ class ProviderHttp:
                 reraise=True,
             ):
                 with attempt:
-                    attempts += 1
-                    return await self._once(method, endpoint, symbol, classify, kwargs)
+                    try:
+                        return await self._once(method, endpoint, symbol, classify, kwargs)
+                    except ProviderError as error:
+                        attempts, last = attempts + 1, error
+                        raise
         except ProviderError as error:
             if isinstance(error, RateLimited) and (error.retry_after or 0) > MAX_RETRY_AFTER:
                 raise ProviderDown(
@@ -181,8 +188,13 @@ class ProviderHttp:
                     f"{MAX_RETRY_AFTER:.0f} s a run waits)"
                 ) from error
             if error.retryable:
-                raise ProviderDown(f"{error} (gave up after {attempts} attempts)") from error
+                raise ProviderDown(f"{error} (gave up after {_attempts(attempts)})") from error
             raise
+        except ProviderDown as down:
+            if last is None:
+                raise
+            # The circuit opened between retries: report the failure that led to it.
+            raise ProviderDown(f"{last} (gave up after {_attempts(attempts)}; {down})") from last
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _once(self, method, endpoint, symbol, classify, kwargs):
