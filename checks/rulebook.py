@@ -133,6 +133,19 @@ DAILY_PRICE_RULES: tuple[Rule, ...] = (
 )
 
 
+# Not a rule: a marker. A session without a trade is stored as a flat bar at the base price with
+# volume 0 (KRX sends open/high/low = 0 for it; resources/providers/krx.py makes it flat), which
+# passes every rule above; this is how such a halted row is recognised in stored data (defect
+# catalogue: "volume == 0 and price unchanged -> halted").
+HALTED = (
+    (pl.col("volume") == 0)
+    & (pl.col("open") == pl.col("close"))
+    & (pl.col("high") == pl.col("close"))
+    & (pl.col("low") == pl.col("close"))
+    & (pl.col("close") > 0)
+).fill_null(False)
+
+
 @dataclass(frozen=True)
 class Validated:
     clean: pl.DataFrame

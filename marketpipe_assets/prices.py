@@ -12,7 +12,7 @@ from checks.price_checks import (
     price_relationships_result,
     suspicious_jumps_result,
 )
-from checks.rulebook import validate
+from checks.rulebook import HALTED, validate
 from resources.lake import LakeResource
 from resources.market_data import MarketDataResource
 
@@ -90,6 +90,7 @@ def daily_prices_asset(market: str) -> dg.AssetsDefinition:
             metadata={
                 "rows": len(stored),
                 "quarantined": len(quarantined),
+                "halted": int(stored.select(HALTED.sum()).item() or 0),  # stored, flat, volume 0
                 "sessions": len(sessions),
                 "completeness": float(by_session["completeness"].min()),
                 "rows_by_source": {name: int(n) for name, n in sources},

@@ -1,0 +1,272 @@
+"""Twelve Data: US daily bars per symbol from /time_series, and 15-minute bars (providers.md 5.3).
+
+`GET {TWELVEDATA_BASE_URL}/time_series?symbol=&interval=1day&start_date=&end_date=&order=ASC&
+apikey=` answers `{"meta": {...}, "values": [{"datetime", "open", ...}], "status": "ok"}` with
+every number a string. Errors come in HTTP 200 bodies as often as with a matching status:
+`{"status": "error", "code": 400|401|404|429, "message": ...}`; `classify` maps them to the typed
+errors (429 waits out the rate window, 401 is not retried, 404 is a missing symbol).
+
+The API key travels in the query string, so it is handed to ProviderHttp as a secret (scrubbed
+from every error) and httpx's request logging stays off (http.py). Credits: one per symbol per
+call, 8 per minute on the free plan; MARKETPIPE_TWELVEDATA_RATE_LIMIT sets another plan's rate.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import zoneinfo
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+
+from marketpipe_assets.schemas import DAILY_PRICES, PRICE_COLUMNS
+from resources.sources.base import SourceError
+
+from .base import credential_id, fetch_each, rate_limit, required_env, run_sync
+from .breaker import shared_breaker
+from .errors import BadRequest, NotFound, ProviderError, RateLimited, Unauthorized
+from .http import ProviderHttp, RetryPolicy
+from .limiter import shared_limiter
+
+log = logging.getLogger(__name__)
+
+NAME = "twelvedata"
+DEFAULT_BASE_URL = "https://api.twelvedata.com"
+ENDPOINT = "/time_series"
+RATE_LIMIT_VARIABLE = "MARKETPIPE_TWELVEDATA_RATE_LIMIT"
+DEFAULT_RATE_LIMIT = "8/min"  # the free plan: 8 credits per minute
+MAX_OUTPUTSIZE = 5000  # the most bars one call returns
+EXCHANGE_TZ = "America/New_York"
+# A daily bar of today's session is partial until the close; 16:00 is the latest regular close
+# (half days close at 13:00), so waiting for it never stores a partial bar.
+SESSION_CLOSE = dt.time(16, 0)
+# None: the HTTP layer's default, RetryPolicy.from_env() (MARKETPIPE_RETRY_*_SECONDS).
+RETRY: RetryPolicy | None = None
+TIMEOUT = 10.0
+
+# CONTRACT section 5: intraday_bars columns (to move to schemas.py with the intraday asset).
+INTRADAY_BARS = pl.Schema(
+    {
+        "symbol": pl.String,
+        "bar_start": pl.Datetime("us", "UTC"),
+        **{c: pl.Float64 for c in PRICE_COLUMNS},
+        "volume": pl.Int64,
+    }
+)
+_VALUE_FIELDS = ("datetime", *PRICE_COLUMNS, "volume")
+
+
+def _number(column: str, dtype: pl.DataType) -> pl.Expr:
+    """'439.88000' -> 439.88; thousands separators dropped; unparsable or absent -> null."""
+    text = pl.col(column).str.replace_all(",", "").str.strip_chars()
+    return text.cast(pl.Float64, strict=False).cast(dtype, strict=False).alias(column)
+
+
+def parse_values(values: list[dict[str, Any]], symbol: str) -> pl.DataFrame:
+    """`values` -> strings parsed to numbers, ascending by datetime (the API defaults to DESC).
+
+    Keys a row lacks (forex has no volume) become null, never 0.
+    """
+    raw = pl.from_dicts(values, schema=dict.fromkeys(_VALUE_FIELDS, pl.String), strict=False)
+    return raw.with_columns(
+        pl.lit(symbol, pl.String).alias("symbol"),
+        pl.col("datetime").str.strip_chars(),
+        *(_number(c, pl.Float64) for c in PRICE_COLUMNS),
+        _number("volume", pl.Int64),
+    ).sort("datetime", nulls_last=True, maintain_order=True)
+
+
+@dataclass(frozen=True)
+class TwelveDataSource:
+    api_key: str = field(repr=False)
+    base_url: str = DEFAULT_BASE_URL
+    requests: int = 8
+    per_seconds: float = 60.0
+    retry: RetryPolicy | None = RETRY
+    timeout: float = TIMEOUT
+    now: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC), repr=False)
+    name: str = NAME
+
+    def http(self) -> ProviderHttp:
+        """A session for many calls: `async with source.http() as http:`."""
+        return ProviderHttp(
+            NAME,
+            self.base_url,
+            limiter=shared_limiter(
+                NAME, credential_id(self.api_key), self.requests, self.per_seconds
+            ),
+            breaker=shared_breaker(NAME),
+            secrets=[self.api_key],
+            **({"retry": self.retry} if self.retry is not None else {}),
+            timeout=self.timeout,
+            max_connections=self.requests,
+        )
+
+    def _classify(self, http: ProviderHttp, symbol: str):
+        def classify(payload: Any, response) -> None:
+            if not isinstance(payload, dict) or payload.get("status") != "error":
+                return
+            # The body's code decides; without one, the HTTP status it came with.
+            code = payload.get("code", response.status_code)
+            code = int(code) if str(code).isdigit() else response.status_code
+            message = str(payload.get("message", ""))[:300]
+            detail = http.redact(f"error {code} (HTTP {response.status_code}): {message}")
+            where = (NAME, ENDPOINT, symbol)
+            if code in (401, 403):
+                raise Unauthorized(*where, f"{detail} Check TWELVEDATA_API_KEY and its plan.")
+            if code == 404 or (code == 400 and "no data is available" in message.lower()):
+                raise NotFound(*where, detail)
+            if code == 429:
+                # Credits reset each minute: wait one whole window of the configured rate.
+                raise RateLimited(*where, detail, retry_after=self.per_seconds)
+            if isinstance(code, int) and code >= 500:
+                raise ProviderError(*where, detail)
+            raise BadRequest(*where, detail)
+
+        return classify
+
+    async def _time_series(self, http: ProviderHttp, symbol: str, **params) -> tuple[dict, str]:
+        """One /time_series call: (parsed values, exchange time zone)."""
+        payload, _ = await http.request_json(
+            "GET",
+            ENDPOINT,
+            symbol=symbol,
+            classify=self._classify(http, symbol),
+            params={
+                "symbol": symbol,
+                "order": "ASC",
+                "outputsize": MAX_OUTPUTSIZE,
+                **params,
+                "apikey": self.api_key,
+            },
+        )
+        values = payload.get("values") if isinstance(payload, dict) else None
+        if not isinstance(values, list) or not all(isinstance(v, dict) for v in values):
+            shape = sorted(payload) if isinstance(payload, dict) else type(payload).__name__
+            raise http.schema_error(ENDPOINT, symbol, f"expected a `values` list, got {shape}")
+        meta = payload.get("meta") if isinstance(payload.get("meta"), dict) else {}
+        return parse_values(values, symbol), meta.get("exchange_timezone") or EXCHANGE_TZ
+
+    def _last_closed_session_day(self) -> dt.date:
+        now = self.now().astimezone(zoneinfo.ZoneInfo(EXCHANGE_TZ))
+        return now.date() if now.time() >= SESSION_CLOSE else now.date() - dt.timedelta(days=1)
+
+    async def _daily_symbol(
+        self, http: ProviderHttp, symbol: str, days: list[dt.date]
+    ) -> pl.DataFrame:
+        frames, not_found = [], None
+        for i in range(0, len(days), MAX_OUTPUTSIZE - 1):
+            chunk = days[i : i + MAX_OUTPUTSIZE - 1]
+            try:
+                values, _ = await self._time_series(
+                    http,
+                    symbol,
+                    interval="1day",
+                    start_date=chunk[0].isoformat(),
+                    # end_date is exclusive for some intervals: ask a day past the range and
+                    # keep only the sessions asked for.
+                    end_date=(chunk[-1] + dt.timedelta(days=1)).isoformat(),
+                )
+            except NotFound as error:  # no bars in this chunk (not listed yet, or unknown)
+                not_found = error
+                continue
+            frames.append(values)
+        if not frames and not_found is not None:
+            raise not_found
+        frame = pl.concat(frames) if frames else parse_values([], symbol)
+        return (
+            frame.with_columns(
+                trade_date=pl.col("datetime").str.slice(0, 10).str.to_date("%Y-%m-%d", strict=False)
+            )
+            # Rows that cannot name their day are kept for the quarantine; other days are dropped,
+            # and so is a partial bar of a session that has not closed yet.
+            .filter(
+                pl.col("trade_date").is_null()
+                | (
+                    pl.col("trade_date").is_in(days)
+                    & (pl.col("trade_date") <= self._last_closed_session_day())
+                )
+            )
+            .with_columns(source=pl.lit(NAME))
+            .select(pl.col(c).cast(t) for c, t in DAILY_PRICES.items())
+        )
+
+    async def _daily(self, days: list[dt.date], symbols: Sequence[str]) -> pl.DataFrame:
+        async with self.http() as http:
+            frames, missing = await fetch_each(
+                symbols, lambda s: self._daily_symbol(http, s, days), concurrency=self.requests
+            )
+        if missing:
+            log.warning("twelvedata: no daily bars for %d symbol(s): %s", len(missing), missing)
+        return pl.concat([pl.DataFrame(schema=DAILY_PRICES), *frames]).sort(
+            "trade_date", "symbol", nulls_last=True, maintain_order=True
+        )
+
+    def daily_bars(
+        self, market: str, sessions: Sequence[dt.date], symbols: Sequence[str]
+    ) -> pl.DataFrame:
+        """One call per symbol (per 5,000 sessions), at most `requests` in flight."""
+        self._check_market(market)
+        days = sorted(set(sessions))
+        if not days or not symbols:
+            return pl.DataFrame(schema=DAILY_PRICES)
+        return run_sync(self._daily(days, list(symbols)))
+
+    async def intraday_bars(
+        self, symbol: str, session: dt.date, *, http: ProviderHttp | None = None
+    ) -> pl.DataFrame:
+        """15-minute bars of one session, `bar_start` in UTC (CONTRACT section 5).
+
+        Twelve Data stamps intraday bars "YYYY-MM-DD HH:MM:SS" in the exchange's time zone
+        (meta.exchange_timezone). Pass an open `http` to share one session across calls.
+        """
+        if http is None:
+            async with self.http() as own:
+                return await self.intraday_bars(symbol, session, http=own)
+        values, zone = await self._time_series(
+            http,
+            symbol,
+            interval="15min",
+            start_date=f"{session.isoformat()} 00:00:00",
+            end_date=f"{(session + dt.timedelta(days=1)).isoformat()} 00:00:00",
+        )
+        local = pl.col("datetime").str.to_datetime(
+            "%Y-%m-%d %H:%M:%S", time_zone=zone, ambiguous="earliest", strict=False
+        )
+        return (
+            values.with_columns(local=local)
+            .filter(pl.col("local").dt.date() == session)
+            .with_columns(bar_start=pl.col("local").dt.convert_time_zone("UTC"))
+            .select(pl.col(c).cast(t) for c, t in INTRADAY_BARS.items())
+            .sort("bar_start")
+        )
+
+    @staticmethod
+    def _check_market(market: str) -> None:
+        if market != "us":
+            raise SourceError(f"the twelvedata source serves market 'us' only, not {market!r}")
+
+    def universe(self, market: str) -> pl.DataFrame:
+        self._check_market(market)
+        raise SourceError(
+            "twelvedata has no listing of the US market to build the universe from: set "
+            "MARKETPIPE_US_UNIVERSE to a CSV or parquet file with columns symbol, name, "
+            "listing_date, delisting_date (local path, URL or s3://)."
+        )
+
+
+def source_from_env() -> TwelveDataSource:
+    """TWELVEDATA_API_KEY (required), TWELVEDATA_BASE_URL, MARKETPIPE_TWELVEDATA_RATE_LIMIT."""
+    requests, per_seconds = rate_limit(RATE_LIMIT_VARIABLE, DEFAULT_RATE_LIMIT)
+    return TwelveDataSource(
+        api_key=required_env("TWELVEDATA_API_KEY", NAME),
+        base_url=os.environ.get("TWELVEDATA_BASE_URL") or DEFAULT_BASE_URL,
+        requests=requests,
+        per_seconds=per_seconds,
+        retry=RETRY,
+        timeout=TIMEOUT,
+    )
