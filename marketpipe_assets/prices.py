@@ -1,6 +1,7 @@
 """Universe and daily prices per market: fetch, standardise, validate, store, quarantine."""
 
 import datetime as dt
+import os
 
 import dagster as dg
 import polars as pl
@@ -15,14 +16,33 @@ from checks.price_checks import (
 from checks.rulebook import HALTED, validate
 from resources.lake import LakeResource
 from resources.market_data import MarketDataResource
+from resources.sources.base import FallbackSource
 
-from .markets import partition_dates, partitions_def, previous_session
+from .markets import MARKETS, partition_dates, partitions_def, previous_session
 from .metadata import markdown_table
 from .schemas import DAILY_PRICES, UNIVERSE, conform
 
 
+def provider_pool(market: str) -> str:
+    """The Dagster pool of the market's first configured source, e.g. `provider_kis`.
+
+    Steps in one pool share its limit across runs (dagster.yaml: one step at a time unless
+    `dagster instance concurrency set` says otherwise), so parallel runs split one provider's
+    request budget instead of each assuming it has all of it. Read from the same variable as
+    MarketDataResource.from_env; a run whose config switches the source keeps the pool.
+    """
+    spec = os.environ.get(MARKETS[market].source_variable, "synthetic")
+    names = [name.strip() for name in spec.split(",") if name.strip()]
+    return f"provider_{names[0] if names else 'synthetic'}"
+
+
 def universe_asset(market: str) -> dg.AssetsDefinition:
-    @dg.asset(key=[market, "universe"], group_name=market, kinds={"polars", "parquet"})
+    @dg.asset(
+        key=[market, "universe"],
+        group_name=market,
+        kinds={"polars", "parquet"},
+        pool=provider_pool(market),
+    )
     def universe(lake: LakeResource, market_data: MarketDataResource) -> dg.MaterializeResult:
         """Every symbol listed on the market over time, with listing and delisting dates."""
         frame = market_data.universe(market).unique("symbol", keep="last").sort("symbol")
@@ -66,6 +86,7 @@ def daily_prices_asset(market: str) -> dg.AssetsDefinition:
         check_specs=daily_price_check_specs(key),
         group_name=market,
         kinds={"polars", "parquet"},
+        pool=provider_pool(market),
     )
     def daily_prices(
         context: dg.AssetExecutionContext, lake: LakeResource, market_data: MarketDataResource
@@ -75,6 +96,10 @@ def daily_prices_asset(market: str) -> dg.AssetsDefinition:
         universe = load_universe(lake, market)
         source = market_data.source(market)
         raw = source.daily_bars(market, sessions, universe["symbol"].to_list())
+        # Which sources of a chain were tried and why they could not serve (never a secret).
+        failures = source.last_failures if isinstance(source, FallbackSource) else []
+        for failure in failures:
+            context.log.warning(f"{failure['source']} could not serve: {failure['reason']}")
         validated = validate(standardise(raw))
         stored = validated.clean
         quarantined = validated.quarantined
@@ -94,6 +119,7 @@ def daily_prices_asset(market: str) -> dg.AssetsDefinition:
                 "sessions": len(sessions),
                 "completeness": float(by_session["completeness"].min()),
                 "rows_by_source": {name: int(n) for name, n in sources},
+                "source_failures": dg.MetadataValue.json(failures),
                 "path": lake.uri(lake.market_dir("daily_prices", market)),
                 "preview": dg.MetadataValue.md(markdown_table(stored)),
             },

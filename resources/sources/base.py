@@ -39,20 +39,32 @@ class Source(Protocol):
 
 
 class FallbackSource:
-    """Tries each source in order; moves to the next when one is unavailable."""
+    """Tries each source in order; moves to the next when one is unavailable.
+
+    `last_failures` records, for the latest call, every source that was tried and could not serve
+    (`source`, `error` type, `reason`), in chain order: empty when the first source served. The
+    reasons are the sources' own messages, which never carry secrets (providers redact theirs).
+    """
 
     def __init__(self, sources: Sequence[Source]):
         self.sources = list(sources)
         self.name = ",".join(s.name for s in self.sources)
+        self.last_failures: list[dict[str, str]] = []
 
     def _first_available(self, call):
-        failures = []
+        failures: list[dict[str, str]] = []
+        self.last_failures = failures
         for source in self.sources:
             try:
                 return call(source)
             except SourceUnavailable as exc:
-                failures.append(f"{source.name}: {exc}")
-        raise SourceUnavailable("every source in the chain failed: " + "; ".join(failures))
+                reason = str(exc)
+                reason = reason if len(reason) <= 1000 else reason[:1000] + "..."
+                failures.append(
+                    {"source": source.name, "error": type(exc).__name__, "reason": reason}
+                )
+        detail = "; ".join(f"{f['source']}: {f['reason']}" for f in failures)
+        raise SourceUnavailable("every source in the chain failed: " + detail)
 
     def universe(self, market: str) -> pl.DataFrame:
         return self._first_available(lambda s: s.universe(market))

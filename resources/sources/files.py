@@ -16,7 +16,7 @@ import polars as pl
 
 from marketpipe_assets.schemas import DAILY_PRICES, UNIVERSE, conform
 
-from .base import SourceError
+from .base import SourceError, SourceUnavailable
 
 _SUFFIXES = (".csv", ".parquet")
 _UNIVERSE_STEM = "universe"
@@ -44,12 +44,25 @@ def read_table_file(fs: fsspec.AbstractFileSystem, path: str, *, what: str) -> p
 
 @dataclass(frozen=True)
 class FilesSource:
+    """Down (SourceUnavailable, so a fallback chain moves on) when the market's landing folder
+    does not exist: nothing was ever delivered, or the drive or bucket is not there. A folder
+    that exists serves what it holds, even nothing: missing sessions are then the completeness
+    check's business, as with any source."""
+
     landing_url: str = "data/landing"
     name: str = "files"
 
     def _fs_and_dir(self, market: str) -> tuple[fsspec.AbstractFileSystem, str]:
         fs, root = fsspec.core.url_to_fs(self.landing_url)
         return fs, f"{root.rstrip('/')}/{market}"
+
+    def _require_folder(self, market: str) -> None:
+        fs, folder = self._fs_and_dir(market)
+        if not fs.exists(folder):
+            raise SourceUnavailable(
+                f"the landing folder {folder!r} does not exist (MARKETPIPE_LANDING_URL="
+                f"{self.landing_url!r}); create it and drop the {market} files there"
+            )
 
     def files(self, market: str) -> list[dict]:
         """Landing files of the market with their size and modification stamp, sorted by name."""
@@ -79,6 +92,7 @@ class FilesSource:
         return dates.to_list()
 
     def universe(self, market: str) -> pl.DataFrame:
+        self._require_folder(market)
         fs, folder = self._fs_and_dir(market)
         for suffix in _SUFFIXES:
             path = f"{folder}/{_UNIVERSE_STEM}{suffix}"
@@ -101,6 +115,7 @@ class FilesSource:
     def daily_bars(
         self, market: str, sessions: Sequence[dt.date], symbols: Sequence[str]
     ) -> pl.DataFrame:
+        self._require_folder(market)
         wanted = set(sessions)
         frames = []
         for entry in self.files(market):
