@@ -1,0 +1,326 @@
+"""Finnhub REST (providers.md 5.2): US daily bars from `/stock/candle`, quotes from `/quote`.
+
+Environment (CONTRACT section 4):
+
+- `FINNHUB_API_KEY` (required). Sent in the `X-Finnhub-Token` header, never in the URL, and
+  redacted from every error message.
+- `FINNHUB_BASE_URL`, default `https://finnhub.io/api/v1`.
+- `MARKETPIPE_FINNHUB_RATE_LIMIT`, default `60/min` (the free tier); as many requests are in
+  flight at once as the limit allows in one window.
+
+Answers and what they become:
+
+- `{"s":"ok","c":[..],"h":[..],"l":[..],"o":[..],"t":[..],"v":[..]}`: one bar per element,
+  nulls kept as nulls (validation quarantines them), bars outside the requested sessions dropped.
+- `{"s":"no_data"}`: `NotFound`; the symbol counts as missing (the completeness check sees it),
+  the run goes on.
+- non-2xx with `{"error": "..."}`: 401/403 `Unauthorized` (never retried: the same key fails
+  again), 429 `RateLimited` and 5xx retried, then `ProviderDown` (a fallback chain moves on).
+- anything else (a missing array, arrays of different lengths): `SchemaDrift`, not retried.
+
+A session's candle is stored only once the session has closed (16:00 New York, by the wall
+clock): while it trades, Finnhub's candle of the day is the day so far, not the session's bar.
+The symbol then counts as missing for that session until a run after the close.
+
+Candle timestamps: Finnhub stamped daily candles at the session open (09:30 New York) until
+mid-2021 and at 00:00 UTC of the session date since (finnhubio/Finnhub-API#449). A stamp at
+00:00 UTC is read as that UTC date; any other stamp as its date in America/New_York. Both
+conventions give the session date; reading a 00:00 UTC stamp in New York would shift every bar
+to the day before.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import polars as pl
+
+from marketpipe_assets.schemas import DAILY_PRICES
+from resources.sources.base import ConfigurationError, SourceError
+
+from .base import credential_id, fetch_each, rate_limit, required_env, run_sync
+from .breaker import CircuitBreaker, shared_breaker
+from .errors import BadRequest, NotFound, Unauthorized
+from .http import ProviderHttp, RetryPolicy
+from .limiter import SlidingWindowLimiter, shared_limiter
+
+PROVIDER = "finnhub"
+DEFAULT_BASE_URL = "https://finnhub.io/api/v1"
+RATE_VARIABLE = "MARKETPIPE_FINNHUB_RATE_LIMIT"
+DEFAULT_RATE = "60/min"
+CANDLE, QUOTE = "/stock/candle", "/quote"
+MARKET = "us"
+NEW_YORK = ZoneInfo("America/New_York")
+# Seconds per request; read when a source is built, so tests can shorten it. Retries follow
+# RetryPolicy.from_env() (MARKETPIPE_RETRY_INITIAL_SECONDS, MARKETPIPE_RETRY_MAX_SECONDS).
+TIMEOUT = 10.0
+
+log = logging.getLogger(__name__)
+
+
+def session_date(epoch: int | float | None) -> dt.date | None:
+    """The session date of a daily candle stamp (see the module docstring)."""
+    if epoch is None:
+        return None
+    seconds = int(epoch)
+    if seconds % 86_400 == 0:
+        return dt.datetime.fromtimestamp(seconds, dt.UTC).date()
+    return dt.datetime.fromtimestamp(seconds, NEW_YORK).date()
+
+
+def _epoch(day: dt.date, at: dt.time, zone: dt.tzinfo) -> int:
+    return int(dt.datetime.combine(day, at, zone).timestamp())
+
+
+def now() -> float:
+    """The wall clock that says whether a session has closed."""
+    return time.time()
+
+
+def _ny_close(day: dt.date) -> int:
+    """16:00 New York: the regular close (early closes are earlier, so this is on the safe side)."""
+    return _epoch(day, dt.time(16, 0), NEW_YORK)
+
+
+async def fetch_all(symbols, fetch, *, concurrency: int):
+    """The first symbol alone, then the rest concurrently: a bad key or an outage shows on one
+    request (and its retries) instead of one per symbol."""
+    if not symbols:
+        return [], {}
+    head, missing = await fetch_each(symbols[:1], fetch, concurrency=1)
+    tail, more = await fetch_each(symbols[1:], fetch, concurrency=concurrency)
+    return head + tail, {**missing, **more}
+
+
+def _check_market(market: str) -> None:
+    if market != MARKET:
+        raise ConfigurationError(
+            f"the {PROVIDER} source serves market {MARKET!r} only, not {market!r}; "
+            f"set MARKETPIPE_{market.upper()}_SOURCE to a source for that market"
+        )
+
+
+class FinnhubSource:
+    """US daily bars and quotes from Finnhub. The key is kept out of repr, logs and errors."""
+
+    name = PROVIDER
+
+    def __init__(
+        self,
+        api_key: str,
+        base_url: str = DEFAULT_BASE_URL,
+        *,
+        rate: tuple[int, float] = (60, 60.0),
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        limiter: SlidingWindowLimiter | None = None,
+        breaker: CircuitBreaker | None = None,
+        clock: Callable[[], float] | None = None,
+    ):
+        if not api_key:
+            raise ConfigurationError("FINNHUB_API_KEY is not set: the finnhub source needs it")
+        self._api_key = api_key
+        self.base_url = base_url.rstrip("/")
+        self.rate = rate
+        self.retry = retry  # None: the HTTP layer's schedule from the environment
+        self.timeout = timeout or TIMEOUT
+        self.limiter = limiter or shared_limiter(PROVIDER, credential_id(api_key), *rate)
+        self.breaker = breaker or shared_breaker(PROVIDER)
+        self.concurrency = rate[0]
+        self._clock = clock or (lambda: now())
+
+    def __repr__(self) -> str:
+        return f"FinnhubSource(base_url={self.base_url!r}, rate={self.rate})"
+
+    def _http(self) -> ProviderHttp:
+        return ProviderHttp(
+            PROVIDER,
+            self.base_url,
+            limiter=self.limiter,
+            breaker=self.breaker,
+            secrets=[self._api_key],
+            retry=self.retry,
+            timeout=self.timeout,
+            max_connections=max(1, min(self.concurrency, 64)),
+        )
+
+    async def _get(self, http: ProviderHttp, endpoint: str, symbol: str, params: dict) -> Any:
+        def classify(payload: Any, response) -> None:
+            status = response.status_code
+            message = payload.get("error") if isinstance(payload, dict) else None
+            if status == 401:
+                raise Unauthorized(
+                    PROVIDER,
+                    endpoint,
+                    symbol,
+                    http.redact(
+                        f"HTTP 401: {message or response.text[:200]}; check FINNHUB_API_KEY"
+                    ),
+                )
+            if status == 403:
+                raise Unauthorized(
+                    PROVIDER,
+                    endpoint,
+                    symbol,
+                    http.redact(
+                        f"HTTP 403: {message or response.text[:200]}; the key's plan may not "
+                        "include this endpoint"
+                    ),
+                )
+            if status < 400 and message:
+                # Errors are documented as non-2xx; one in a 200 is not retried either.
+                raise BadRequest(PROVIDER, endpoint, symbol, http.redact(f"error: {message}"))
+
+        payload, _ = await http.request_json(
+            "GET",
+            endpoint,
+            symbol=symbol,
+            classify=classify,
+            params=params,
+            headers={"X-Finnhub-Token": self._api_key},
+        )
+        return payload
+
+    # Daily bars ---------------------------------------------------------------------------
+    def universe(self, market: str) -> pl.DataFrame:
+        raise SourceError(
+            f"the {PROVIDER} source has no listing of its own for market {market!r}: set "
+            f"MARKETPIPE_{market.upper()}_UNIVERSE to a CSV or parquet file with the columns "
+            "symbol, name, listing_date, delisting_date"
+        )
+
+    def daily_bars(
+        self, market: str, sessions: Sequence[dt.date], symbols: Sequence[str]
+    ) -> pl.DataFrame:
+        _check_market(market)
+        if not sessions or not symbols:
+            return pl.DataFrame(schema=DAILY_PRICES)
+        return run_sync(self.daily_bars_async(sessions, symbols))
+
+    async def daily_bars_async(
+        self, sessions: Sequence[dt.date], symbols: Sequence[str]
+    ) -> pl.DataFrame:
+        wanted = set(sessions)
+        first, last = min(wanted), max(wanted)
+        async with self._http() as http:
+
+            async def fetch(symbol: str) -> pl.DataFrame:
+                return await self._candles(http, symbol, first, last)
+
+            frames, missing = await fetch_all(
+                list(dict.fromkeys(symbols)), fetch, concurrency=self.concurrency
+            )
+        if missing:
+            log.warning(
+                "finnhub %s: no data for %d symbol(s): %s",
+                CANDLE,
+                len(missing),
+                ", ".join(sorted(missing)),
+            )
+        frame = pl.concat(frames) if frames else pl.DataFrame(schema=DAILY_PRICES)
+        outside = frame.filter(
+            pl.col("trade_date").is_not_null() & ~pl.col("trade_date").is_in(list(wanted))
+        )
+        if len(outside):
+            log.warning(
+                "finnhub %s: %d bar(s) on dates that are not requested sessions dropped",
+                CANDLE,
+                len(outside),
+            )
+        # A running session's candle is the day so far, not the session's bar.
+        running = {d for d in wanted if _ny_close(d) > self._clock()}
+        if running and frame["trade_date"].is_in(list(running)).any():
+            log.warning(
+                "finnhub %s: bars of sessions not closed yet (%s) not stored",
+                CANDLE,
+                ", ".join(map(str, sorted(running))),
+            )
+        closed = list(wanted - running)
+        # Undated bars stay: validation quarantines them rather than losing them silently.
+        return frame.filter(pl.col("trade_date").is_null() | pl.col("trade_date").is_in(closed))
+
+    async def _candles(
+        self, http: ProviderHttp, symbol: str, first: dt.date, last: dt.date
+    ) -> pl.DataFrame:
+        # 00:00 UTC of the first session to 23:59:59 UTC of the last covers both stamp
+        # conventions (09:30 New York is 13:30 or 14:30 UTC the same day).
+        params = {
+            "symbol": symbol,
+            "resolution": "D",
+            "from": _epoch(first, dt.time(0, 0), dt.UTC),
+            "to": _epoch(last, dt.time(23, 59, 59), dt.UTC),
+        }
+        payload = await self._get(http, CANDLE, symbol, params)
+        if not isinstance(payload, dict) or "s" not in payload:
+            raise http.schema_error(
+                CANDLE, symbol, f"expected an object with 's', got {str(payload)[:200]!r}"
+            )
+        if payload["s"] == "no_data":
+            raise NotFound(PROVIDER, CANDLE, symbol, f"no_data between {first} and {last}")
+        if payload["s"] != "ok":
+            raise http.schema_error(CANDLE, symbol, f"unexpected status s={payload['s']!r}")
+        keys = ("t", "o", "h", "l", "c", "v")
+        absent = [k for k in keys if not isinstance(payload.get(k), list)]
+        if absent:
+            raise http.schema_error(
+                CANDLE, symbol, f"missing array(s) {absent} in an 's':'ok' answer"
+            )
+        lengths = {k: len(payload[k]) for k in keys}
+        if len(set(lengths.values())) != 1:
+            raise http.schema_error(CANDLE, symbol, f"arrays of different lengths {lengths}")
+        frame = pl.DataFrame(
+            {
+                "symbol": [symbol] * lengths["t"],
+                "trade_date": pl.Series([session_date(t) for t in payload["t"]], dtype=pl.Date),
+                "open": _floats(payload["o"]),
+                "high": _floats(payload["h"]),
+                "low": _floats(payload["l"]),
+                "close": _floats(payload["c"]),
+                "volume": _floats(payload["v"]).round(0).cast(pl.Int64, strict=False),
+                "source": [PROVIDER] * lengths["t"],
+            },
+            schema=DAILY_PRICES,
+        )
+        return frame
+
+    # Quotes -------------------------------------------------------------------------------
+    async def quote(self, symbol: str) -> dict[str, Any]:
+        """The latest quote: price, change, change_pct, open, high, low, prev_close and `ts`
+        (UTC). Finnhub answers an unknown symbol with zeros and t=0: that is `NotFound`."""
+        async with self._http() as http:
+            payload = await self._get(http, QUOTE, symbol, {"symbol": symbol})
+        keys = ("c", "d", "dp", "h", "l", "o", "pc", "t")
+        if not isinstance(payload, dict) or any(k not in payload for k in ("c", "t")):
+            raise http.schema_error(QUOTE, symbol, f"expected keys {list(keys)}")
+        if not payload.get("t") and not payload.get("c"):
+            raise NotFound(PROVIDER, QUOTE, symbol, "no quote (c=0, t=0): unknown symbol?")
+        return {
+            "symbol": symbol,
+            "price": payload.get("c"),
+            "change": payload.get("d"),
+            "change_pct": payload.get("dp"),
+            "open": payload.get("o"),
+            "high": payload.get("h"),
+            "low": payload.get("l"),
+            "prev_close": payload.get("pc"),
+            "ts": dt.datetime.fromtimestamp(int(payload["t"]), dt.UTC),
+        }
+
+
+def _floats(values: list) -> pl.Series:
+    return pl.Series(values, dtype=pl.Float64, strict=False)
+
+
+def source_from_env() -> FinnhubSource:
+    return FinnhubSource(
+        required_env("FINNHUB_API_KEY", PROVIDER),
+        os.environ.get("FINNHUB_BASE_URL") or DEFAULT_BASE_URL,
+        rate=rate_limit(RATE_VARIABLE, DEFAULT_RATE),
+        timeout=TIMEOUT,
+    )

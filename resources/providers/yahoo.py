@@ -1,0 +1,460 @@
+"""Yahoo Finance (providers.md 5.1): US daily bars, splits and dividends from the v8 chart API,
+option chains from the v7 options API. No credentials.
+
+Environment (CONTRACT section 4):
+
+- `YAHOO_BASE_URL`, default `https://query2.finance.yahoo.com`.
+- `MARKETPIPE_YAHOO_RATE_LIMIT`, default `2/s`. Yahoo publishes no limit and throttles by IP
+  (429 or a "Too Many Requests" body); two requests a second is polite: a 500-symbol daily run
+  takes about four minutes. As many requests are in flight as the limit allows per window.
+
+Daily bars: `GET /v8/finance/chart/{symbol}?period1=&period2=&interval=1d&includePrePost=false
+&events=div,splits`, one request per symbol for the whole requested range. Yahoo stamps a
+finished session's bar at the session open (09:30 New York, in UTC epoch seconds); its date in
+America/New_York is the session date. Nulls in the arrays are kept as nulls, so validation
+quarantines those rows (`required_fields`) instead of losing them.
+
+The partial bar of a running session. While a session trades, Yahoo returns its bar so far,
+stamped at the last trade (`meta.regularMarketTime`, e.g. 1766437206 = 16:00:06) instead of the
+open. The rule: **a bar is stored only when its session has closed** when the answer arrives,
+that is when the session's close is at or before max(our clock, `meta.regularMarketTime`).
+The close is `meta.currentTradingPeriod.regular.end` when that period is the bar's session (so
+early closes count) and 16:00 New York otherwise. A bar of a running session is dropped, whatever
+its stamp, and its symbol counts as missing for that session (the completeness check says so);
+the 18:00 run, or any re-run after the close, stores the final bar. When Yahoo sends two bars for
+one session (an open-stamped and a live one), the later stamp wins.
+
+Answers and what they become: HTTP 404 `{"chart":{"result":null,"error":{...}}}` or a
+`Not Found` error code is `NotFound` (the symbol counts as missing, the run goes on); HTTP 429 or
+a "Too Many Requests" body is `RateLimited` (retried, Retry-After honoured); the "Will be right
+back" outage page and 5xx are retried and then make the source `ProviderDown`, which moves a
+fallback chain such as `yahoo,synthetic` to its next source (served with HTTP 200, the outage
+page ends the same way as a malformed body); any other shape is `SchemaDrift`.
+
+Option chains: `GET /v7/finance/options/{symbol}` lists the expirations; each expiration within
+`OPTION_HORIZON_DAYS` (90) days of the quote date is then fetched with `?date=<epoch>`. Yahoo's
+expiration epochs are 00:00 UTC of the expiry date, so they are read as UTC dates. Keys Yahoo
+leaves out (`volume` when a contract did not trade) become nulls, never zeros.
+`impliedVolatility` is already a fraction (2.27 = 227 %) and is kept as it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import quote as url_quote
+from zoneinfo import ZoneInfo
+
+import polars as pl
+
+from marketpipe_assets.schemas import DAILY_PRICES
+from resources.sources.base import ConfigurationError, SourceError
+
+from .base import credential_id, fetch_each, rate_limit, run_sync
+from .breaker import CircuitBreaker, shared_breaker
+from .errors import BadRequest, NotFound, ProviderError, RateLimited, Unauthorized
+from .http import ProviderHttp, RetryPolicy, _retry_after
+from .limiter import SlidingWindowLimiter, shared_limiter
+
+PROVIDER = "yahoo"
+DEFAULT_BASE_URL = "https://query2.finance.yahoo.com"
+RATE_VARIABLE = "MARKETPIPE_YAHOO_RATE_LIMIT"
+DEFAULT_RATE = "2/s"
+MARKET = "us"
+NEW_YORK = ZoneInfo("America/New_York")
+OPTION_HORIZON_DAYS = 90
+OUTAGE_MARKER = "Will be right back"
+# Yahoo answers clients without a browser-like agent with 429s.
+USER_AGENT = "Mozilla/5.0 (compatible; marketpipe/0.1)"
+# Seconds per request; read when a source is built, so tests can shorten it. Retries follow
+# RetryPolicy.from_env() (MARKETPIPE_RETRY_INITIAL_SECONDS, MARKETPIPE_RETRY_MAX_SECONDS).
+TIMEOUT = 10.0
+
+CORPORATE_ACTIONS = pl.Schema(
+    {
+        "symbol": pl.String,
+        "date": pl.Date,
+        "kind": pl.String,  # split | dividend
+        "ratio": pl.Float64,  # new shares per old share (4:1 -> 4.0); null for dividends
+        "amount": pl.Float64,  # cash per share; null for splits
+    }
+)
+
+# The vendor columns of CONTRACT section 5's option_chains (derived columns come later).
+OPTION_CHAIN = pl.Schema(
+    {
+        "quote_date": pl.Date,
+        "underlying": pl.String,
+        "contract_symbol": pl.String,
+        "expiration": pl.Date,
+        "strike": pl.Float64,
+        "option_type": pl.String,  # call | put
+        "bid": pl.Float64,
+        "ask": pl.Float64,
+        "last_price": pl.Float64,
+        "volume": pl.Int64,  # null when Yahoo omits the key
+        "open_interest": pl.Int64,
+        "implied_volatility": pl.Float64,  # a fraction
+        "underlying_price": pl.Float64,
+    }
+)
+
+log = logging.getLogger(__name__)
+
+
+def now() -> float:
+    """The wall clock the partial-bar rule compares session closes with."""
+    return time.time()
+
+
+def _ny_date(epoch: int | float) -> dt.date:
+    return dt.datetime.fromtimestamp(int(epoch), NEW_YORK).date()
+
+
+def _utc_date(epoch: int | float) -> dt.date:
+    return dt.datetime.fromtimestamp(int(epoch), dt.UTC).date()
+
+
+def _ny_epoch(day: dt.date, at: dt.time = dt.time(0, 0)) -> int:
+    return int(dt.datetime.combine(day, at, NEW_YORK).timestamp())
+
+
+async def fetch_all(symbols, fetch, *, concurrency: int):
+    """The first symbol alone, then the rest concurrently: an outage shows on one request (and
+    its retries) instead of one per symbol."""
+    if not symbols:
+        return [], {}
+    head, missing = await fetch_each(symbols[:1], fetch, concurrency=1)
+    tail, more = await fetch_each(symbols[1:], fetch, concurrency=concurrency)
+    return head + tail, {**missing, **more}
+
+
+def _check_market(market: str) -> None:
+    if market != MARKET:
+        raise ConfigurationError(
+            f"the {PROVIDER} source serves market {MARKET!r} only, not {market!r}; "
+            f"set MARKETPIPE_{market.upper()}_SOURCE to a source for that market"
+        )
+
+
+def _error_of(payload: Any) -> dict | None:
+    """The `error` object of a chart, optionChain or finance envelope, if any."""
+    if not isinstance(payload, dict):
+        return None
+    for envelope in ("chart", "optionChain", "finance"):
+        inner = payload.get(envelope)
+        if isinstance(inner, dict) and isinstance(inner.get("error"), dict):
+            return inner["error"]
+    return None
+
+
+class YahooSource:
+    """US daily bars, corporate actions and option chains from Yahoo Finance."""
+
+    name = PROVIDER
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_BASE_URL,
+        *,
+        rate: tuple[int, float] = (2, 1.0),
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        limiter: SlidingWindowLimiter | None = None,
+        breaker: CircuitBreaker | None = None,
+        clock: Callable[[], float] | None = None,
+    ):
+        self.base_url = base_url.rstrip("/")
+        self.rate = rate
+        self.retry = retry  # None: the HTTP layer's schedule from the environment
+        self.timeout = timeout or TIMEOUT
+        self.limiter = limiter or shared_limiter(PROVIDER, credential_id("anonymous"), *rate)
+        self.breaker = breaker or shared_breaker(PROVIDER)
+        self.concurrency = max(1, min(rate[0], 64))
+        self._clock = clock or (lambda: now())
+
+    def __repr__(self) -> str:
+        return f"YahooSource(base_url={self.base_url!r}, rate={self.rate})"
+
+    def _http(self) -> ProviderHttp:
+        return ProviderHttp(
+            PROVIDER,
+            self.base_url,
+            limiter=self.limiter,
+            breaker=self.breaker,
+            retry=self.retry,
+            timeout=self.timeout,
+            max_connections=self.concurrency,
+        )
+
+    async def _get(self, http: ProviderHttp, endpoint: str, symbol: str, params: dict) -> Any:
+        def classify(payload: Any, response) -> None:
+            status, text = response.status_code, response.text
+            if OUTAGE_MARKER in text:
+                raise ProviderError(
+                    PROVIDER,
+                    endpoint,
+                    symbol,
+                    f"Yahoo Finance is down: outage page {OUTAGE_MARKER!r} (HTTP {status})",
+                )
+            if text.lstrip().startswith("Too Many Requests"):
+                raise RateLimited(
+                    PROVIDER,
+                    endpoint,
+                    symbol,
+                    f"HTTP {status}: Too Many Requests",
+                    retry_after=_retry_after(response),
+                )
+            error = _error_of(payload)
+            if error is None:
+                return
+            code, description = error.get("code"), error.get("description")
+            detail = f"HTTP {status}: {code}: {description}"
+            if status == 404 or code == "Not Found":
+                raise NotFound(PROVIDER, endpoint, symbol, detail)
+            if status in (401, 403) or code == "Unauthorized":
+                raise Unauthorized(PROVIDER, endpoint, symbol, detail)
+            if status >= 500:
+                raise ProviderError(PROVIDER, endpoint, symbol, detail)
+            raise BadRequest(PROVIDER, endpoint, symbol, detail)
+
+        payload, _ = await http.request_json(
+            "GET",
+            endpoint,
+            symbol=symbol,
+            classify=classify,
+            params=params,
+            headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+        )
+        return payload
+
+    async def _chart(
+        self, http: ProviderHttp, symbol: str, first: dt.date, last: dt.date
+    ) -> tuple[str, dict]:
+        """The chart result of `symbol` for sessions first..last (period2 is exclusive)."""
+        endpoint = f"/v8/finance/chart/{url_quote(symbol, safe='')}"
+        params = {
+            "period1": _ny_epoch(first),
+            "period2": _ny_epoch(last + dt.timedelta(days=1)),
+            "interval": "1d",
+            "includePrePost": "false",
+            "events": "div,splits",
+        }
+        payload = await self._get(http, endpoint, symbol, params)
+        chart = payload.get("chart") if isinstance(payload, dict) else None
+        results = chart.get("result") if isinstance(chart, dict) else None
+        if not isinstance(results, list):
+            raise http.schema_error(
+                endpoint, symbol, f"expected chart.result, got {str(payload)[:200]!r}"
+            )
+        if not results or not isinstance(results[0], dict):
+            raise NotFound(PROVIDER, endpoint, symbol, "empty chart result")
+        return endpoint, results[0]
+
+    # Daily bars ---------------------------------------------------------------------------
+    def universe(self, market: str) -> pl.DataFrame:
+        raise SourceError(
+            f"the {PROVIDER} source has no listing of its own for market {market!r}: set "
+            f"MARKETPIPE_{market.upper()}_UNIVERSE to a CSV or parquet file with the columns "
+            "symbol, name, listing_date, delisting_date"
+        )
+
+    def daily_bars(
+        self, market: str, sessions: Sequence[dt.date], symbols: Sequence[str]
+    ) -> pl.DataFrame:
+        _check_market(market)
+        if not sessions or not symbols:
+            return pl.DataFrame(schema=DAILY_PRICES)
+        return run_sync(self.daily_bars_async(sessions, symbols))
+
+    async def daily_bars_async(
+        self, sessions: Sequence[dt.date], symbols: Sequence[str]
+    ) -> pl.DataFrame:
+        wanted = set(sessions)
+        first, last = min(wanted), max(wanted)
+        partial: dict[str, list[dt.date]] = {}
+        async with self._http() as http:
+
+            async def fetch(symbol: str) -> pl.DataFrame:
+                endpoint, result = await self._chart(http, symbol, first, last)
+                frame, dropped = self._bars(http, endpoint, symbol, result)
+                if dropped:
+                    partial[symbol] = dropped
+                return frame
+
+            frames, missing = await fetch_all(
+                list(dict.fromkeys(symbols)), fetch, concurrency=self.concurrency
+            )
+        if missing:
+            log.warning(
+                "yahoo chart: no data for %d symbol(s): %s",
+                len(missing),
+                ", ".join(sorted(missing)),
+            )
+        if partial:
+            days = sorted({d for ds in partial.values() for d in ds})
+            log.warning(
+                "yahoo chart: partial bars of running sessions %s not stored (%d symbol(s))",
+                ", ".join(map(str, days)),
+                len(partial),
+            )
+        frame = pl.concat(frames) if frames else pl.DataFrame(schema=DAILY_PRICES)
+        # Undated bars stay: validation quarantines them rather than losing them silently.
+        return frame.filter(
+            pl.col("trade_date").is_null() | pl.col("trade_date").is_in(list(wanted))
+        )
+
+    def _session_close(self, day: dt.date, meta: dict) -> int:
+        regular = (meta.get("currentTradingPeriod") or {}).get("regular") or {}
+        start, end = regular.get("start"), regular.get("end")
+        numbers = isinstance(start, int | float) and isinstance(end, int | float)
+        if numbers and _ny_date(start) == day:
+            return int(end)
+        return _ny_epoch(day, dt.time(16, 0))
+
+    def _bars(
+        self, http: ProviderHttp, endpoint: str, symbol: str, result: dict
+    ) -> tuple[pl.DataFrame, list[dt.date]]:
+        """The chart's bars of closed sessions, and the session dates of dropped live bars."""
+        stamps = result.get("timestamp")
+        if not stamps:
+            raise NotFound(PROVIDER, endpoint, symbol, "no bars in the requested range")
+        try:
+            quote = result["indicators"]["quote"][0]
+        except (KeyError, IndexError, TypeError):
+            raise http.schema_error(endpoint, symbol, "no indicators.quote[0]") from None
+        fields = ("open", "high", "low", "close", "volume")
+        absent = [f for f in fields if not isinstance(quote.get(f), list)]
+        if absent:
+            raise http.schema_error(endpoint, symbol, f"missing indicators.quote {absent}")
+        lengths = {f: len(quote[f]) for f in fields} | {"timestamp": len(stamps)}
+        if len(set(lengths.values())) != 1:
+            raise http.schema_error(endpoint, symbol, f"arrays of different lengths {lengths}")
+        meta = result.get("meta") or {}
+        moment = max(self._clock(), float(meta.get("regularMarketTime") or 0))
+        frame = pl.DataFrame(
+            {
+                "symbol": [symbol] * len(stamps),
+                "stamp": pl.Series(stamps, dtype=pl.Int64, strict=False),
+                "open": _floats(quote["open"]),
+                "high": _floats(quote["high"]),
+                "low": _floats(quote["low"]),
+                "close": _floats(quote["close"]),
+                "volume": _floats(quote["volume"]).round(0).cast(pl.Int64, strict=False),
+            }
+        )
+        dates = [None if s is None else _ny_date(s) for s in frame["stamp"]]
+        closes = [None if d is None else self._session_close(d, meta) for d in dates]
+        frame = frame.with_columns(
+            trade_date=pl.Series(dates, dtype=pl.Date),
+            closed=pl.Series([c is not None and c <= moment for c in closes], dtype=pl.Boolean),
+        )
+        dropped = frame.filter(pl.col("trade_date").is_not_null() & ~pl.col("closed"))
+        kept = frame.filter(pl.col("trade_date").is_null() | pl.col("closed"))
+        # Two bars of one session (open-stamped and live): the later stamp has the final values.
+        dated = kept.filter(pl.col("trade_date").is_not_null())
+        dated = dated.sort("stamp").unique("trade_date", keep="last", maintain_order=True)
+        kept = pl.concat([dated, kept.filter(pl.col("trade_date").is_null())])
+        bars = kept.with_columns(source=pl.lit(PROVIDER)).select(list(DAILY_PRICES))
+        return bars.cast(dict(DAILY_PRICES)), sorted(set(dropped["trade_date"]))
+
+    # Corporate actions --------------------------------------------------------------------
+    async def corporate_actions(self, symbol: str, first: dt.date, last: dt.date) -> pl.DataFrame:
+        """Splits and dividends of `symbol` with ex-dates first..last (New York dates).
+
+        Columns: symbol, date, kind (`split` | `dividend`), ratio (numerator / denominator, a
+        4:1 split is 4.0), amount (cash per share). Unknown symbol: `NotFound`.
+        """
+        async with self._http() as http:
+            endpoint, result = await self._chart(http, symbol, first, last)
+        events = result.get("events") or {}
+        rows = []
+        for item in (events.get("splits") or {}).values():
+            numerator, denominator = item.get("numerator"), item.get("denominator")
+            ratio = numerator / denominator if numerator and denominator else None
+            rows.append((symbol, _ny_date(item["date"]), "split", ratio, None))
+        for item in (events.get("dividends") or {}).values():
+            rows.append((symbol, _ny_date(item["date"]), "dividend", None, item.get("amount")))
+        frame = pl.DataFrame(rows, schema=CORPORATE_ACTIONS, orient="row")
+        return frame.filter(pl.col("date").is_between(first, last)).sort("date", "kind")
+
+    # Option chains ------------------------------------------------------------------------
+    async def option_chain(self, symbol: str, quote_date: dt.date) -> pl.DataFrame:
+        """Every contract of every expiration within 90 days of `quote_date`, in OPTION_CHAIN.
+
+        Unknown symbol or no listed options: `NotFound`.
+        """
+        async with self._http() as http:
+            listing = await self._options_page(http, symbol, None)
+            expirations = [int(e) for e in listing.get("expirationDates") or []]
+            chosen = [
+                e
+                for e in expirations
+                if 0 <= (_utc_date(e) - quote_date).days <= OPTION_HORIZON_DAYS
+            ]
+            pages = await asyncio.gather(*(self._options_page(http, symbol, e) for e in chosen))
+        columns: dict[str, list] = {name: [] for name in OPTION_CHAIN}
+        for expiry, page in zip(chosen, pages, strict=True):
+            underlying = page.get("underlyingSymbol") or symbol
+            price = (page.get("quote") or {}).get("regularMarketPrice")
+            chains = [c for c in page.get("options") or [] if isinstance(c, dict)]
+            if not chains:
+                log.warning("yahoo options %s: no contracts for expiry %s", symbol, expiry)
+            for chain in chains:
+                for kind, key in (("call", "calls"), ("put", "puts")):
+                    for contract in chain.get(key) or []:
+                        expires = contract.get("expiration") or chain.get("expirationDate")
+                        values = {
+                            "quote_date": quote_date,
+                            "underlying": underlying,
+                            "contract_symbol": contract.get("contractSymbol"),
+                            "expiration": _utc_date(expires or expiry),
+                            "strike": contract.get("strike"),
+                            "option_type": kind,
+                            "bid": contract.get("bid"),
+                            "ask": contract.get("ask"),
+                            "last_price": contract.get("lastPrice"),
+                            "volume": contract.get("volume"),
+                            "open_interest": contract.get("openInterest"),
+                            "implied_volatility": contract.get("impliedVolatility"),
+                            "underlying_price": price,
+                        }
+                        for name, value in values.items():
+                            columns[name].append(value)
+        return pl.DataFrame(
+            {
+                name: pl.Series(columns[name], dtype=dtype, strict=False)
+                for name, dtype in OPTION_CHAIN.items()
+            }
+        )
+
+    async def _options_page(self, http: ProviderHttp, symbol: str, expiry: int | None) -> dict:
+        endpoint = f"/v7/finance/options/{url_quote(symbol, safe='')}"
+        params = {} if expiry is None else {"date": expiry}
+        payload = await self._get(http, endpoint, symbol, params)
+        chain = payload.get("optionChain") if isinstance(payload, dict) else None
+        results = chain.get("result") if isinstance(chain, dict) else None
+        if not isinstance(results, list):
+            raise http.schema_error(
+                endpoint, symbol, f"expected optionChain.result, got {str(payload)[:200]!r}"
+            )
+        if not results or not isinstance(results[0], dict):
+            raise NotFound(PROVIDER, endpoint, symbol, "no option chain for this symbol")
+        return results[0]
+
+
+def _floats(values: list) -> pl.Series:
+    return pl.Series(values, dtype=pl.Float64, strict=False)
+
+
+def source_from_env() -> YahooSource:
+    return YahooSource(
+        os.environ.get("YAHOO_BASE_URL") or DEFAULT_BASE_URL,
+        rate=rate_limit(RATE_VARIABLE, DEFAULT_RATE),
+        timeout=TIMEOUT,
+    )
