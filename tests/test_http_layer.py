@@ -122,12 +122,34 @@ def assert_rate_held(server: FakeProvider, total: int) -> None:
     # ...equivalently the (i + RATE)-th arrival is at least a second after the i-th, and on
     # average not much more: after the first window the batch runs near the budget. A slot is
     # held until its reply is in (limiter.py), so each reuse costs one round trip on top of the
-    # second: 96-98% of the budget here on an idle machine, down to ~90% when the two cores are
-    # busy with other tests (client, server and their 60 requests share one process).
+    # second: 96-98% of the budget here on an idle machine, 85-90% when both cores are busy
+    # with the rest of the suite (client, server and 60 requests share one process). The
+    # limiter's own overhead is measured without HTTP in test_the_limiter_itself_...
     reuse = [at[i + RATE] - at[i] for i in range(total - RATE)]
     assert min(reuse) >= 1.0
     throughput = RATE / (sum(reuse) / len(reuse))
-    assert throughput >= 0.9 * RATE, f"{throughput:.1f} req/s after the first window"
+    assert throughput >= 0.8 * RATE, f"{throughput:.1f} req/s after the first window"
+
+
+def test_the_limiter_itself_runs_at_the_budget_after_the_first_window():
+    """Without HTTP round trips, what is left is the limiter's own cost: >= 95% of the budget."""
+    limiter = SlidingWindowLimiter(RATE, 1.0)
+    starts: list[float] = []
+
+    async def one():
+        async with limiter.slot():
+            starts.append(time.monotonic())
+
+    async def go():
+        await asyncio.gather(*(one() for _ in range(60)))
+
+    asyncio.run(go())
+    starts.sort()
+    assert busiest_window(starts) <= RATE
+    reuse = [starts[i + RATE] - starts[i] for i in range(len(starts) - RATE)]
+    assert min(reuse) >= 1.0
+    assert RATE / (sum(reuse) / len(reuse)) >= 0.95 * RATE
+    assert starts[-1] - starts[0] < 2.0 / 0.95  # the batch: two windows after the first burst
 
 
 async def burst(http: ProviderHttp, n: int) -> None:
