@@ -25,8 +25,10 @@ _KEY, _SECRET = "bench-app-key", "bench-app-secret"
 
 
 def _serve(conn, latency: tuple[float, float]) -> None:
+    from marketpipe_assets.markets import all_sessions
     from tests.fakes.kis import DAILY, FakeKis
 
+    all_sessions("krx")  # load the calendar before the clock starts
     with FakeKis(_KEY, _SECRET, latency=latency) as fake:
         conn.send(fake.url)
         conn.recv()  # until the client is done

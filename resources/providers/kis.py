@@ -58,10 +58,10 @@ PRICE_PATH = f"{_QUOTATIONS}/inquire-price"
 BOOK_PATH = f"{_QUOTATIONS}/inquire-asking-price-exp-ccn"
 DAILY_TR_ID, PRICE_TR_ID, BOOK_TR_ID = "FHKST03010100", "FHKST01010100", "FHKST01010200"
 PAGE_ROWS = 100  # the most rows one daily-chart call returns
-# Requests handed to the connection pool at once, and its size. httpcore's pool upkeep costs
-# O(connections^2) CPU per request (measured ~8 ms at 64 connections, ~2 ms at 16), while
-# 20 req/s with ~50 ms replies keeps about one request in flight.
-MAX_IN_FLIGHT = 32
+# Requests handed to the connection pool at once, and its size: KIS's own 20 req/s. httpcore's
+# pool upkeep costs CPU quadratic in the connections per request (bench: ~3.5 ms per request at
+# 16, ~6 ms at 32, ~8 ms at 64), while 20 connections carry well over 100 req/s of ~50 ms replies.
+MAX_IN_FLIGHT = 20
 BOOK_LEVELS = 10
 
 RATE_VARIABLE, DEFAULT_RATE = "MARKETPIPE_KIS_RATE_LIMIT", "20/s"
