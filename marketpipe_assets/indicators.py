@@ -14,39 +14,60 @@ from .schemas import DAILY_PRICES, INDICATOR_COLUMNS, INDICATORS
 HISTORY_COLUMNS = ["symbol", "trade_date", "high", "low", "close", "volume"]
 
 
+# TA-Lib's C functions themselves: talib's public names wrap them to accept pandas and polars
+# Series, a check that costs more than the computation on a short symbol history.
+SMA, EMA, RSI, MACD, BBANDS, ATR, OBV = (
+    getattr(f, "__wrapped__", f)
+    for f in (talib.SMA, talib.EMA, talib.RSI, talib.MACD, talib.BBANDS, talib.ATR, talib.OBV)
+)
+
+
 def _symbol_indicators(high, low, close, volume) -> tuple[np.ndarray, ...]:
-    macd, signal, hist = talib.MACD(close, 12, 26, 9)
-    upper, middle, lower = talib.BBANDS(close, 20, 2.0, 2.0)
+    macd, signal, hist = MACD(close, 12, 26, 9)
+    upper, middle, lower = BBANDS(close, 20, 2.0, 2.0)
     return (
-        talib.SMA(close, 20),
-        talib.EMA(close, 20),
-        talib.RSI(close, 14),
+        SMA(close, 20),
+        EMA(close, 20),
+        RSI(close, 14),
         macd,
         signal,
         hist,
         upper,
         middle,
         lower,
-        talib.ATR(high, low, close, 14),
-        talib.OBV(close, volume),
+        ATR(high, low, close, 14),
+        OBV(close, volume),
     )
+
+
+def _symbol_major_order(history: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Row order that groups each symbol's rows in date order, and the code of each row.
+
+    Integer codes instead of symbol strings: sorting strings costs 10x more. History read from
+    the lake is already in date order, so a stable radix sort of 16-bit codes keeps that order
+    within each symbol at a fraction of a full (symbol, date) sort.
+    """
+    codes = history["symbol"].cast(pl.Categorical).to_physical().to_numpy()
+    if len(codes) and codes.max() < 2**15 and history["trade_date"].is_sorted():
+        return np.argsort(codes.astype(np.int16), kind="stable"), codes
+    days = history["trade_date"].to_physical().to_numpy().astype(np.int64)
+    return np.argsort(codes.astype(np.int64) * 1_000_000 + days, kind="stable"), codes
 
 
 def compute_indicators(history: pl.DataFrame) -> pl.DataFrame:
     """Indicators for every row of `history` (symbol, trade_date, high, low, close, volume),
     each symbol's series taken in date order; null where TA-Lib has no value yet."""
-    # Group by integer codes with one numpy argsort: sorting the symbol strings costs 10x more.
-    codes = history["symbol"].cast(pl.Categorical).to_physical().to_numpy().astype(np.int64)
-    days = history["trade_date"].to_physical().to_numpy().astype(np.int64)
-    order = np.argsort(codes * 1_000_000 + days, kind="stable")
-    high, low, close, volume = (
-        history[c].to_numpy().astype(np.float64)[order] for c in ("high", "low", "close", "volume")
-    )
+    order, codes = _symbol_major_order(history)
+    high, low, close = (history[c].to_numpy()[order] for c in ("high", "low", "close"))
+    volume = history["volume"].to_numpy()[order].astype(np.float64)
     # Contiguous slices per symbol: views, so TA-Lib reads the arrays without copies.
     bounds = np.append(np.flatnonzero(np.diff(codes[order], prepend=-1)), len(order))
-    out = np.empty((len(INDICATOR_COLUMNS), len(order)))
-    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-        out[:, a:b] = _symbol_indicators(high[a:b], low[a:b], close[a:b], volume[a:b])
+    pieces = [
+        _symbol_indicators(high[a:b], low[a:b], close[a:b], volume[a:b])
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
+    out = [np.concatenate(column) for column in zip(*pieces, strict=True)] if pieces else []
+    out = out or [np.empty(0)] * len(INDICATOR_COLUMNS)
     return history.select("symbol", "trade_date")[order].with_columns(
         pl.Series(name, values, nan_to_null=True)
         for name, values in zip(INDICATOR_COLUMNS, out, strict=True)
