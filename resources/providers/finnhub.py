@@ -44,11 +44,9 @@ import polars as pl
 from marketpipe_assets.schemas import DAILY_PRICES
 from resources.sources.base import ConfigurationError, SourceError
 
-from .base import credential_id, fetch_each, rate_limit, required_env, run_sync
-from .breaker import CircuitBreaker, shared_breaker
+from .base import fetch_each, rate_limit, required_env, run_sync
 from .errors import BadRequest, NotFound, Unauthorized
 from .http import ProviderHttp, RetryPolicy
-from .limiter import SlidingWindowLimiter, shared_limiter
 
 PROVIDER = "finnhub"
 DEFAULT_BASE_URL = "https://finnhub.io/api/v1"
@@ -119,8 +117,6 @@ class FinnhubSource:
         rate: tuple[int, float] = (60, 60.0),
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
-        limiter: SlidingWindowLimiter | None = None,
-        breaker: CircuitBreaker | None = None,
         clock: Callable[[], float] | None = None,
     ):
         if not api_key:
@@ -130,8 +126,6 @@ class FinnhubSource:
         self.rate = rate
         self.retry = retry  # None: the HTTP layer's schedule from the environment
         self.timeout = timeout or TIMEOUT
-        self.limiter = limiter or shared_limiter(PROVIDER, credential_id(api_key), *rate)
-        self.breaker = breaker or shared_breaker(PROVIDER)
         self.concurrency = rate[0]
         self._clock = clock or (lambda: now())
 
@@ -139,11 +133,12 @@ class FinnhubSource:
         return f"FinnhubSource(base_url={self.base_url!r}, rate={self.rate})"
 
     def _http(self) -> ProviderHttp:
-        return ProviderHttp(
+        return ProviderHttp.shared(
             PROVIDER,
             self.base_url,
-            limiter=self.limiter,
-            breaker=self.breaker,
+            credential=[self._api_key],
+            requests=self.rate[0],
+            per_seconds=self.rate[1],
             secrets=[self._api_key],
             retry=self.retry,
             timeout=self.timeout,

@@ -23,7 +23,8 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 
 from resources.sources.base import ConfigurationError
 
-from .breaker import CircuitBreaker
+from .base import credential_id
+from .breaker import CircuitBreaker, shared_breaker
 from .errors import (
     BadRequest,
     NotFound,
@@ -34,7 +35,7 @@ from .errors import (
     Unauthorized,
     _where,
 )
-from .limiter import SlidingWindowLimiter
+from .limiter import SlidingWindowLimiter, shared_limiter
 
 # httpx logs every request URL at INFO; some providers put the API key in the query string.
 logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -99,7 +100,8 @@ def _attempts(n: int) -> str:
     return f"{n} attempt" + ("s" if n != 1 else "")
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def retry_after_seconds(response: httpx.Response) -> float | None:
+    """The response's Retry-After in seconds, None when absent or not a number."""
     raw = response.headers.get("retry-after")
     try:
         return max(0.0, float(raw)) if raw is not None else None
@@ -128,6 +130,37 @@ class ProviderHttp:
         self.redact = Redactor(secrets)
         self._timeout, self._max_connections = timeout, max_connections
         self._client: httpx.AsyncClient | None = None
+
+    @classmethod
+    def shared(
+        cls,
+        provider: str,
+        base_url: str,
+        *,
+        credential: Sequence[str | None],
+        requests: int,
+        per_seconds: float,
+        secrets: Sequence[str | None] = (),
+        retry: RetryPolicy | None = None,
+        timeout: float = 10.0,
+        max_connections: int = 64,
+    ) -> ProviderHttp:
+        """A session on the process's one limiter for this provider and credential and its one
+        breaker, so every session with the same key shares the key's budget and circuit.
+
+        `credential` is what identifies the key to the provider (e.g. the API key, or app key
+        and base URL); the limiter is keyed by its credential_id, never by the key itself.
+        """
+        return cls(
+            provider,
+            base_url,
+            limiter=shared_limiter(provider, credential_id(*credential), requests, per_seconds),
+            breaker=shared_breaker(provider),
+            secrets=secrets,
+            retry=retry,
+            timeout=timeout,
+            max_connections=max_connections,
+        )
 
     async def __aenter__(self) -> ProviderHttp:
         self._client = httpx.AsyncClient(
@@ -238,7 +271,9 @@ class ProviderHttp:
                 raise ProviderError(*where, f"malformed JSON (HTTP {status}): {body!r}") from None
             payload = None
         if status == 429:
-            raise RateLimited(*where, f"HTTP 429: {body}", retry_after=_retry_after(response))
+            raise RateLimited(
+                *where, f"HTTP 429: {body}", retry_after=retry_after_seconds(response)
+            )
         if classify is not None:
             # Provider codes come in any status (KIS's EGW00201 in a 500 or a 200, Twelve
             # Data's errors in a 200): the client's classifier reads them first.

@@ -34,7 +34,6 @@ from marketpipe_assets.schemas import DAILY_PRICES
 from resources.sources.base import ConfigurationError, SourceError
 
 from .base import credential_id, fetch_each, rate_limit, required_env, run_sync
-from .breaker import shared_breaker
 from .errors import (
     BadRequest,
     NotFound,
@@ -45,7 +44,6 @@ from .errors import (
     Unauthorized,
 )
 from .http import ProviderHttp, RetryPolicy
-from .limiter import shared_limiter
 
 NAME = "kis"
 MARKET = "krx"
@@ -249,13 +247,11 @@ class KisSource:
         # As many requests in flight as the limit allows, each with its own pooled connection
         # (a request waiting for a connection would hold its limiter slot meanwhile).
         self.concurrency = min(rate[0], MAX_IN_FLIGHT)
-        key_id = credential_id(app_key, self.base_url)
-        self.limiter = shared_limiter(NAME, key_id, *rate)
-        self.breaker = shared_breaker(NAME)
+        self.rate = rate
         if cache_dir is None:
             default = Path.home() / ".cache" / "marketpipe"
             cache_dir = os.environ.get("MARKETPIPE_CACHE_DIR") or default
-        self.token_file = TokenFile(Path(cache_dir), key_id)
+        self.token_file = TokenFile(Path(cache_dir), credential_id(app_key, self.base_url))
         self.token_interval, self.refresh_margin = token_interval, refresh_margin
         self.missing: dict[str, str] = {}  # symbols the last daily_bars call found unknown
         self._token: Token | None = None
@@ -342,11 +338,12 @@ class KisSource:
 
     # Internals ------------------------------------------------------------------------------
     def _http(self) -> ProviderHttp:
-        return ProviderHttp(
+        return ProviderHttp.shared(
             NAME,
             self.base_url,
-            limiter=self.limiter,
-            breaker=self.breaker,
+            credential=[self._app_key, self.base_url],  # a key's budget is per server
+            requests=self.rate[0],
+            per_seconds=self.rate[1],
             secrets=(self._app_key, self._app_secret),
             retry=self.retry,  # None: RetryPolicy.from_env()
             timeout=self.timeout,

@@ -39,11 +39,9 @@ from marketpipe_assets import markets
 from marketpipe_assets.schemas import DAILY_PRICES, UNIVERSE
 from resources.sources.base import SourceError
 
-from .base import credential_id, rate_limit, required_env, run_sync
-from .breaker import shared_breaker
+from .base import rate_limit, required_env, run_sync
 from .errors import BadRequest, ProviderError, RateLimited, Unauthorized
 from .http import ProviderHttp, RetryPolicy
-from .limiter import shared_limiter
 
 log = logging.getLogger(__name__)
 
@@ -148,15 +146,14 @@ class KrxSource:
     name: str = NAME
 
     def _http(self) -> ProviderHttp:
-        return ProviderHttp(
+        return ProviderHttp.shared(
             NAME,
             self.base_url,
-            limiter=shared_limiter(
-                NAME, credential_id(self.api_key), self.requests, self.per_seconds
-            ),
-            breaker=shared_breaker(NAME),
+            credential=[self.api_key],
+            requests=self.requests,
+            per_seconds=self.per_seconds,
             secrets=[self.api_key],
-            **({"retry": self.retry} if self.retry is not None else {}),
+            retry=self.retry,
             timeout=self.timeout,
             max_connections=self.requests,
         )

@@ -26,11 +26,9 @@ import polars as pl
 from marketpipe_assets.schemas import DAILY_PRICES, PRICE_COLUMNS
 from resources.sources.base import SourceError
 
-from .base import credential_id, fetch_each, rate_limit, required_env, run_sync
-from .breaker import shared_breaker
+from .base import fetch_each, rate_limit, required_env, run_sync
 from .errors import BadRequest, NotFound, ProviderError, RateLimited, Unauthorized
 from .http import ProviderHttp, RetryPolicy
-from .limiter import shared_limiter
 
 log = logging.getLogger(__name__)
 
@@ -93,15 +91,14 @@ class TwelveDataSource:
 
     def http(self) -> ProviderHttp:
         """A session for many calls: `async with source.http() as http:`."""
-        return ProviderHttp(
+        return ProviderHttp.shared(
             NAME,
             self.base_url,
-            limiter=shared_limiter(
-                NAME, credential_id(self.api_key), self.requests, self.per_seconds
-            ),
-            breaker=shared_breaker(NAME),
+            credential=[self.api_key],
+            requests=self.requests,
+            per_seconds=self.per_seconds,
             secrets=[self.api_key],
-            **({"retry": self.retry} if self.retry is not None else {}),
+            retry=self.retry,
             timeout=self.timeout,
             max_connections=self.requests,
         )

@@ -55,11 +55,9 @@ import polars as pl
 from marketpipe_assets.schemas import DAILY_PRICES
 from resources.sources.base import ConfigurationError, SourceError
 
-from .base import credential_id, fetch_each, rate_limit, run_sync
-from .breaker import CircuitBreaker, shared_breaker
+from .base import fetch_each, rate_limit, run_sync
 from .errors import BadRequest, NotFound, ProviderError, RateLimited, Unauthorized
-from .http import ProviderHttp, RetryPolicy, _retry_after
-from .limiter import SlidingWindowLimiter, shared_limiter
+from .http import ProviderHttp, RetryPolicy, retry_after_seconds
 
 PROVIDER = "yahoo"
 DEFAULT_BASE_URL = "https://query2.finance.yahoo.com"
@@ -165,16 +163,12 @@ class YahooSource:
         rate: tuple[int, float] = (2, 1.0),
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
-        limiter: SlidingWindowLimiter | None = None,
-        breaker: CircuitBreaker | None = None,
         clock: Callable[[], float] | None = None,
     ):
         self.base_url = base_url.rstrip("/")
         self.rate = rate
         self.retry = retry  # None: the HTTP layer's schedule from the environment
         self.timeout = timeout or TIMEOUT
-        self.limiter = limiter or shared_limiter(PROVIDER, credential_id("anonymous"), *rate)
-        self.breaker = breaker or shared_breaker(PROVIDER)
         self.concurrency = max(1, min(rate[0], 64))
         self._clock = clock or (lambda: now())
 
@@ -182,11 +176,12 @@ class YahooSource:
         return f"YahooSource(base_url={self.base_url!r}, rate={self.rate})"
 
     def _http(self) -> ProviderHttp:
-        return ProviderHttp(
+        return ProviderHttp.shared(
             PROVIDER,
             self.base_url,
-            limiter=self.limiter,
-            breaker=self.breaker,
+            credential=["anonymous"],  # no key: one budget for the whole process
+            requests=self.rate[0],
+            per_seconds=self.rate[1],
             retry=self.retry,
             timeout=self.timeout,
             max_connections=self.concurrency,
@@ -208,7 +203,7 @@ class YahooSource:
                     endpoint,
                     symbol,
                     f"HTTP {status}: Too Many Requests",
-                    retry_after=_retry_after(response),
+                    retry_after=retry_after_seconds(response),
                 )
             error = _error_of(payload)
             if error is None:
