@@ -1,19 +1,21 @@
-"""What every provider source shares: settings from the environment, the sync bridge and
-bounded concurrent fetching of many symbols."""
+"""What every provider source shares: settings from the environment, the sync bridge, bounded
+concurrent fetching of many symbols, the one-market check and the Source protocol's daily_bars."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import datetime as dt
 import hashlib
 import os
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 import polars as pl
 
-from resources.sources.base import ConfigurationError
+from marketpipe_assets.schemas import DAILY_PRICES
+from resources.sources.base import ConfigurationError, SourceError
 
 from .errors import NotFound
 
@@ -76,3 +78,62 @@ async def fetch_each(
 
     frames = await asyncio.gather(*(one(s) for s in symbols))
     return [f for f in frames if f is not None], missing
+
+
+async def fetch_all(
+    symbols: Sequence[str],
+    fetch: Callable[[str], Awaitable[pl.DataFrame]],
+    *,
+    concurrency: int,
+) -> tuple[list[pl.DataFrame], dict[str, str]]:
+    """fetch_each, but the first symbol alone before the rest: a bad key or an outage shows on
+    one request (and its retries) instead of one per symbol."""
+    if not symbols:
+        return [], {}
+    head, missing = await fetch_each(symbols[:1], fetch, concurrency=1)
+    tail, more = await fetch_each(symbols[1:], fetch, concurrency=concurrency)
+    return head + tail, {**missing, **more}
+
+
+def no_listing(provider: str, market: str, hint: str = "") -> SourceError:
+    """universe()'s error for a provider without a listing endpoint: where a universe comes
+    from instead. `hint` adds a provider's own way out."""
+    return SourceError(
+        f"the {provider} source has no listing of its own for market {market!r}: set "
+        f"MARKETPIPE_{market.upper()}_UNIVERSE to a CSV or parquet file with the columns "
+        f"symbol, name, listing_date, delisting_date (local path, URL or s3://){hint}"
+    )
+
+
+class OneMarketDailyBars:
+    """Source.daily_bars for a client of one market whose fetch is async.
+
+    The market is checked first; no session or no symbol is an empty daily_prices frame without
+    a request; otherwise the client's `_daily(sessions sorted and unique, symbols as given)`
+    runs to completion in its own event loop (run_sync).
+    """
+
+    name: str
+    market: ClassVar[str]  # the one market the client serves
+    # The error for any other market. Finnhub and Yahoo raise ConfigurationError (a setting
+    # names them for the wrong market), the others SourceError; callers and tests rely on each.
+    wrong_market: ClassVar[type[Exception]] = SourceError
+
+    def _check_market(self, market: str) -> None:
+        if market != self.market:
+            raise self.wrong_market(
+                f"the {self.name} source serves market {self.market!r} only, not {market!r}; "
+                f"set MARKETPIPE_{market.upper()}_SOURCE to a source for that market"
+            )
+
+    async def _daily(self, sessions: list[dt.date], symbols: Sequence[str]) -> pl.DataFrame:
+        raise NotImplementedError
+
+    def daily_bars(
+        self, market: str, sessions: Sequence[dt.date], symbols: Sequence[str]
+    ) -> pl.DataFrame:
+        self._check_market(market)
+        days = sorted(set(sessions))
+        if not days or not symbols:
+            return pl.DataFrame(schema=DAILY_PRICES)
+        return run_sync(self._daily(days, symbols))

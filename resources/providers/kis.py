@@ -30,10 +30,16 @@ from zoneinfo import ZoneInfo
 import httpx
 import polars as pl
 
-from marketpipe_assets.schemas import DAILY_PRICES
-from resources.sources.base import ConfigurationError, SourceError
+from resources.sources.base import ConfigurationError
 
-from .base import credential_id, fetch_each, rate_limit, required_env, run_sync
+from .base import (
+    OneMarketDailyBars,
+    credential_id,
+    fetch_each,
+    no_listing,
+    rate_limit,
+    required_env,
+)
 from .errors import (
     BadRequest,
     NotFound,
@@ -217,7 +223,7 @@ class TokenFile:
         os.close(fd)
 
 
-class KisSource:
+class KisSource(OneMarketDailyBars):
     """Daily bars, current price and order book of KRX stocks from the KIS Open API.
 
     `daily_bars` is the Source protocol's synchronous call; `current_price` and `order_book` are
@@ -225,6 +231,7 @@ class KisSource:
     """
 
     name = NAME
+    market = MARKET
 
     def __init__(
         self,
@@ -261,21 +268,8 @@ class KisSource:
 
     # Source protocol ------------------------------------------------------------------------
     def universe(self, market: str) -> pl.DataFrame:
-        raise SourceError(
-            "kis has no listing endpoint, so it cannot give the krx universe: set "
-            "MARKETPIPE_KRX_UNIVERSE to a CSV or parquet file of the universe, or put `krx` "
-            "before `kis` in MARKETPIPE_KRX_SOURCE (e.g. krx,kis)."
-        )
-
-    def daily_bars(
-        self, market: str, sessions: Sequence[dt.date], symbols: Sequence[str]
-    ) -> pl.DataFrame:
-        """Bars of `symbols` on `sessions` as KIS sent them (bad rows included)."""
-        if market != MARKET:
-            raise SourceError(f"kis serves the krx market only, not {market!r}")
-        if not sessions or not symbols:
-            return pl.DataFrame(schema=DAILY_PRICES)
-        return run_sync(self._daily_bars(sorted(set(sessions)), list(dict.fromkeys(symbols))))
+        hint = "; or put `krx` before `kis` in MARKETPIPE_KRX_SOURCE (e.g. krx,kis)"
+        raise no_listing(NAME, MARKET, hint)
 
     # Async calls for later steps ------------------------------------------------------------
     async def current_price(self, symbol: str) -> CurrentPrice:
@@ -359,8 +353,10 @@ class KisSource:
         async with self._http() as http:
             yield _Client(self, http)
 
-    async def _daily_bars(self, sessions: list[dt.date], symbols: list[str]) -> pl.DataFrame:
+    async def _daily(self, sessions: list[dt.date], symbols: Sequence[str]) -> pl.DataFrame:
+        """Bars of `symbols` on `sessions` as KIS sent them (bad rows included)."""
         first, last = sessions[0], sessions[-1]
+        symbols = list(dict.fromkeys(symbols))
         async with self._client() as client:
             await client.token()  # one token before fanning out; a bad key fails once, here
             try:

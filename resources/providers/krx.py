@@ -31,7 +31,7 @@ import os
 import zoneinfo
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import polars as pl
 
@@ -39,7 +39,7 @@ from marketpipe_assets import markets
 from marketpipe_assets.schemas import DAILY_PRICES, UNIVERSE
 from resources.sources.base import SourceError
 
-from .base import rate_limit, required_env, run_sync
+from .base import OneMarketDailyBars, rate_limit, required_env, run_sync
 from .errors import BadRequest, ProviderError, RateLimited, Unauthorized
 from .http import ProviderHttp, RetryPolicy
 
@@ -136,7 +136,8 @@ def _classify(http: ProviderHttp, endpoint: str):
 
 
 @dataclass(frozen=True)
-class KrxSource:
+class KrxSource(OneMarketDailyBars):
+    market: ClassVar[str] = "krx"
     api_key: str = field(repr=False)
     base_url: str = DEFAULT_BASE_URL
     requests: int = 5
@@ -158,11 +159,6 @@ class KrxSource:
             max_connections=self.requests,
         )
 
-    @staticmethod
-    def _check_market(market: str) -> None:
-        if market != "krx":
-            raise SourceError(f"the krx source serves market 'krx' only, not {market!r}")
-
     async def _board_rows(self, http: ProviderHttp, board: str, day: dt.date) -> list[dict]:
         endpoint = BOARDS[board]
         payload, _ = await http.request_json(
@@ -180,14 +176,16 @@ class KrxSource:
             )
         return rows
 
-    async def _daily(self, sessions: list[dt.date], symbols: set[str]) -> pl.DataFrame:
+    async def _daily(self, sessions: list[dt.date], symbols: Sequence[str]) -> pl.DataFrame:
+        """One request per session and board; every board's rows filtered to `symbols`."""
+        wanted = set(symbols)
         async with self._http() as http:
             gate = asyncio.Semaphore(self.requests)
 
             async def one(board: str, day: dt.date) -> pl.DataFrame:
                 async with gate:
                     rows = await self._board_rows(http, board, day)
-                frame = parse_bars(rows, day, symbols)
+                frame = parse_bars(rows, day, wanted)
                 wrong = frame.filter(pl.col("trade_date") != day)
                 if len(wrong):
                     raise http.schema_error(
@@ -199,16 +197,6 @@ class KrxSource:
         return pl.concat([pl.DataFrame(schema=DAILY_PRICES), *frames]).sort(
             "trade_date", "symbol", nulls_last=True, maintain_order=True
         )
-
-    def daily_bars(
-        self, market: str, sessions: Sequence[dt.date], symbols: Sequence[str]
-    ) -> pl.DataFrame:
-        """One request per session and board; every board's rows filtered to `symbols`."""
-        self._check_market(market)
-        days = sorted(set(sessions))
-        if not days or not symbols:
-            return pl.DataFrame(schema=DAILY_PRICES)
-        return run_sync(self._daily(days, set(symbols)))
 
     async def _listing(self, today: dt.date) -> tuple[dt.date | None, list[dict]]:
         recent = [d for d in markets.all_sessions("krx") if d <= today][-UNIVERSE_LOOKBACK:]

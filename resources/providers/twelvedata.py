@@ -19,14 +19,13 @@ import os
 import zoneinfo
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import polars as pl
 
 from marketpipe_assets.schemas import DAILY_PRICES, PRICE_COLUMNS
-from resources.sources.base import SourceError
 
-from .base import fetch_each, rate_limit, required_env, run_sync
+from .base import OneMarketDailyBars, fetch_each, no_listing, rate_limit, required_env
 from .errors import BadRequest, NotFound, ProviderError, RateLimited, Unauthorized
 from .http import ProviderHttp, RetryPolicy
 
@@ -79,7 +78,8 @@ def parse_values(values: list[dict[str, Any]], symbol: str) -> pl.DataFrame:
 
 
 @dataclass(frozen=True)
-class TwelveDataSource:
+class TwelveDataSource(OneMarketDailyBars):
+    market: ClassVar[str] = "us"
     api_key: str = field(repr=False)
     base_url: str = DEFAULT_BASE_URL
     requests: int = 8
@@ -193,6 +193,7 @@ class TwelveDataSource:
         )
 
     async def _daily(self, days: list[dt.date], symbols: Sequence[str]) -> pl.DataFrame:
+        """One call per symbol (per 5,000 sessions), at most `requests` in flight."""
         async with self.http() as http:
             frames, missing = await fetch_each(
                 symbols, lambda s: self._daily_symbol(http, s, days), concurrency=self.requests
@@ -202,16 +203,6 @@ class TwelveDataSource:
         return pl.concat([pl.DataFrame(schema=DAILY_PRICES), *frames]).sort(
             "trade_date", "symbol", nulls_last=True, maintain_order=True
         )
-
-    def daily_bars(
-        self, market: str, sessions: Sequence[dt.date], symbols: Sequence[str]
-    ) -> pl.DataFrame:
-        """One call per symbol (per 5,000 sessions), at most `requests` in flight."""
-        self._check_market(market)
-        days = sorted(set(sessions))
-        if not days or not symbols:
-            return pl.DataFrame(schema=DAILY_PRICES)
-        return run_sync(self._daily(days, list(symbols)))
 
     async def intraday_bars(
         self, symbol: str, session: dt.date, *, http: ProviderHttp | None = None
@@ -242,18 +233,9 @@ class TwelveDataSource:
             .sort("bar_start")
         )
 
-    @staticmethod
-    def _check_market(market: str) -> None:
-        if market != "us":
-            raise SourceError(f"the twelvedata source serves market 'us' only, not {market!r}")
-
     def universe(self, market: str) -> pl.DataFrame:
         self._check_market(market)
-        raise SourceError(
-            "twelvedata has no listing of the US market to build the universe from: set "
-            "MARKETPIPE_US_UNIVERSE to a CSV or parquet file with columns symbol, name, "
-            "listing_date, delisting_date (local path, URL or s3://)."
-        )
+        raise no_listing(NAME, market)
 
 
 def source_from_env() -> TwelveDataSource:

@@ -53,9 +53,9 @@ from zoneinfo import ZoneInfo
 import polars as pl
 
 from marketpipe_assets.schemas import DAILY_PRICES
-from resources.sources.base import ConfigurationError, SourceError
+from resources.sources.base import ConfigurationError
 
-from .base import fetch_each, rate_limit, run_sync
+from .base import OneMarketDailyBars, fetch_all, no_listing, rate_limit
 from .errors import BadRequest, NotFound, ProviderError, RateLimited, Unauthorized
 from .http import ProviderHttp, RetryPolicy, retry_after_seconds
 
@@ -122,24 +122,6 @@ def _ny_epoch(day: dt.date, at: dt.time = dt.time(0, 0)) -> int:
     return int(dt.datetime.combine(day, at, NEW_YORK).timestamp())
 
 
-async def fetch_all(symbols, fetch, *, concurrency: int):
-    """The first symbol alone, then the rest concurrently: an outage shows on one request (and
-    its retries) instead of one per symbol."""
-    if not symbols:
-        return [], {}
-    head, missing = await fetch_each(symbols[:1], fetch, concurrency=1)
-    tail, more = await fetch_each(symbols[1:], fetch, concurrency=concurrency)
-    return head + tail, {**missing, **more}
-
-
-def _check_market(market: str) -> None:
-    if market != MARKET:
-        raise ConfigurationError(
-            f"the {PROVIDER} source serves market {MARKET!r} only, not {market!r}; "
-            f"set MARKETPIPE_{market.upper()}_SOURCE to a source for that market"
-        )
-
-
 def _error_of(payload: Any) -> dict | None:
     """The `error` object of a chart, optionChain or finance envelope, if any."""
     if not isinstance(payload, dict):
@@ -151,10 +133,12 @@ def _error_of(payload: Any) -> dict | None:
     return None
 
 
-class YahooSource:
+class YahooSource(OneMarketDailyBars):
     """US daily bars, corporate actions and option chains from Yahoo Finance."""
 
     name = PROVIDER
+    market = MARKET
+    wrong_market = ConfigurationError
 
     def __init__(
         self,
@@ -253,23 +237,9 @@ class YahooSource:
 
     # Daily bars ---------------------------------------------------------------------------
     def universe(self, market: str) -> pl.DataFrame:
-        raise SourceError(
-            f"the {PROVIDER} source has no listing of its own for market {market!r}: set "
-            f"MARKETPIPE_{market.upper()}_UNIVERSE to a CSV or parquet file with the columns "
-            "symbol, name, listing_date, delisting_date"
-        )
+        raise no_listing(PROVIDER, market)
 
-    def daily_bars(
-        self, market: str, sessions: Sequence[dt.date], symbols: Sequence[str]
-    ) -> pl.DataFrame:
-        _check_market(market)
-        if not sessions or not symbols:
-            return pl.DataFrame(schema=DAILY_PRICES)
-        return run_sync(self.daily_bars_async(sessions, symbols))
-
-    async def daily_bars_async(
-        self, sessions: Sequence[dt.date], symbols: Sequence[str]
-    ) -> pl.DataFrame:
+    async def _daily(self, sessions: Sequence[dt.date], symbols: Sequence[str]) -> pl.DataFrame:
         wanted = set(sessions)
         first, last = min(wanted), max(wanted)
         partial: dict[str, list[dt.date]] = {}
