@@ -37,7 +37,6 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import polars as pl
 
@@ -47,6 +46,7 @@ from resources.sources.base import ConfigurationError
 from .base import OneMarketDailyBars, fetch_all, no_listing, rate_limit, required_env
 from .errors import BadRequest, NotFound, Unauthorized
 from .http import ProviderHttp, RetryPolicy
+from .values import NEW_YORK, US_CLOSE, bar_columns, date_of, epoch
 
 PROVIDER = "finnhub"
 DEFAULT_BASE_URL = "https://finnhub.io/api/v1"
@@ -54,7 +54,6 @@ RATE_VARIABLE = "MARKETPIPE_FINNHUB_RATE_LIMIT"
 DEFAULT_RATE = "60/min"
 CANDLE, QUOTE = "/stock/candle", "/quote"
 MARKET = "us"
-NEW_YORK = ZoneInfo("America/New_York")
 # Seconds per request; read when a source is built, so tests can shorten it. Retries follow
 # RetryPolicy.from_env() (MARKETPIPE_RETRY_INITIAL_SECONDS, MARKETPIPE_RETRY_MAX_SECONDS).
 TIMEOUT = 10.0
@@ -68,22 +67,13 @@ def session_date(epoch: int | float | None) -> dt.date | None:
         return None
     seconds = int(epoch)
     if seconds % 86_400 == 0:
-        return dt.datetime.fromtimestamp(seconds, dt.UTC).date()
-    return dt.datetime.fromtimestamp(seconds, NEW_YORK).date()
-
-
-def _epoch(day: dt.date, at: dt.time, zone: dt.tzinfo) -> int:
-    return int(dt.datetime.combine(day, at, zone).timestamp())
+        return date_of(seconds, dt.UTC)
+    return date_of(seconds, NEW_YORK)
 
 
 def now() -> float:
     """The wall clock that says whether a session has closed."""
     return time.time()
-
-
-def _ny_close(day: dt.date) -> int:
-    """16:00 New York: the regular close (early closes are earlier, so this is on the safe side)."""
-    return _epoch(day, dt.time(16, 0), NEW_YORK)
 
 
 class FinnhubSource(OneMarketDailyBars):
@@ -199,7 +189,7 @@ class FinnhubSource(OneMarketDailyBars):
                 len(outside),
             )
         # A running session's candle is the day so far, not the session's bar.
-        running = {d for d in wanted if _ny_close(d) > self._clock()}
+        running = {d for d in wanted if epoch(d, US_CLOSE, NEW_YORK) > self._clock()}
         if running and frame["trade_date"].is_in(list(running)).any():
             log.warning(
                 "finnhub %s: bars of sessions not closed yet (%s) not stored",
@@ -218,8 +208,8 @@ class FinnhubSource(OneMarketDailyBars):
         params = {
             "symbol": symbol,
             "resolution": "D",
-            "from": _epoch(first, dt.time(0, 0), dt.UTC),
-            "to": _epoch(last, dt.time(23, 59, 59), dt.UTC),
+            "from": epoch(first, dt.time(0, 0), dt.UTC),
+            "to": epoch(last, dt.time(23, 59, 59), dt.UTC),
         }
         payload = await self._get(http, CANDLE, symbol, params)
         if not isinstance(payload, dict) or "s" not in payload:
@@ -243,11 +233,7 @@ class FinnhubSource(OneMarketDailyBars):
             {
                 "symbol": [symbol] * lengths["t"],
                 "trade_date": pl.Series([session_date(t) for t in payload["t"]], dtype=pl.Date),
-                "open": _floats(payload["o"]),
-                "high": _floats(payload["h"]),
-                "low": _floats(payload["l"]),
-                "close": _floats(payload["c"]),
-                "volume": _floats(payload["v"]).round(0).cast(pl.Int64, strict=False),
+                **bar_columns(payload, "ohlcv"),
                 "source": [PROVIDER] * lengths["t"],
             },
             schema=DAILY_PRICES,
@@ -276,10 +262,6 @@ class FinnhubSource(OneMarketDailyBars):
             "prev_close": payload.get("pc"),
             "ts": dt.datetime.fromtimestamp(int(payload["t"]), dt.UTC),
         }
-
-
-def _floats(values: list) -> pl.Series:
-    return pl.Series(values, dtype=pl.Float64, strict=False)
 
 
 def source_from_env() -> FinnhubSource:

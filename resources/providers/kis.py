@@ -50,6 +50,7 @@ from .errors import (
     Unauthorized,
 )
 from .http import ProviderHttp, RetryPolicy
+from .values import number_text, parse_number
 
 NAME = "kis"
 MARKET = "krx"
@@ -546,14 +547,12 @@ def _bars(raw: pl.DataFrame, sessions: list[dt.date]) -> pl.DataFrame:
     """Strings (maybe with thousands separators) to numbers; rows off the sessions dropped.
     Undated rows stay: validation quarantines them as they came."""
 
-    def digits(column: str) -> pl.Expr:
-        return pl.col(column).str.replace_all(",", "").str.strip_chars()
-
     frame = raw.select(
         "symbol",
         trade_date=pl.col("trade_date").str.strip_chars().str.to_date("%Y%m%d", strict=False),
-        **{c: digits(c).cast(pl.Float64, strict=False) for c in ("open", "high", "low", "close")},
-        volume=digits("volume").cast(pl.Int64, strict=False),
+        **{c: parse_number(c, pl.Float64) for c in ("open", "high", "low", "close")},
+        # Straight to an integer, not through a float: a fractional volume is no volume.
+        volume=number_text("volume").cast(pl.Int64, strict=False),
         source=pl.lit(NAME),
     )
     return frame.filter(pl.col("trade_date").is_null() | pl.col("trade_date").is_in(sessions))

@@ -42,6 +42,7 @@ from resources.sources.base import SourceError
 from .base import OneMarketDailyBars, rate_limit, required_env, run_sync
 from .errors import BadRequest, ProviderError, RateLimited, Unauthorized
 from .http import ProviderHttp, RetryPolicy
+from .values import parse_number
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +72,6 @@ FIELDS = {
 }
 
 
-def _number(column: str, dtype: pl.DataType) -> pl.Expr:
-    """'79,600' -> 79600; empty, '-' or anything unparsable -> null (never 0)."""
-    text = pl.col(column).str.replace_all(",", "").str.strip_chars()
-    return text.cast(pl.Float64, strict=False).cast(dtype, strict=False).alias(column)
-
-
 def parse_bars(
     rows: list[dict[str, Any]], day: dt.date, symbols: set[str] | None = None
 ) -> pl.DataFrame:
@@ -90,8 +85,8 @@ def parse_bars(
     frame = raw.rename(FIELDS).with_columns(
         pl.col("symbol").str.strip_chars(),
         pl.col("trade_date").str.to_date("%Y%m%d", strict=False).fill_null(day),
-        *(_number(c, pl.Float64) for c in ("open", "high", "low", "close")),
-        _number("volume", pl.Int64),
+        *(parse_number(c, pl.Float64) for c in ("open", "high", "low", "close")),
+        parse_number("volume", pl.Int64),
     )
     if symbols is not None:
         frame = frame.filter(pl.col("symbol").is_in(list(symbols)) | pl.col("symbol").is_null())

@@ -28,6 +28,7 @@ from marketpipe_assets.schemas import DAILY_PRICES, PRICE_COLUMNS
 from .base import OneMarketDailyBars, fetch_each, no_listing, rate_limit, required_env
 from .errors import BadRequest, NotFound, ProviderError, RateLimited, Unauthorized
 from .http import ProviderHttp, RetryPolicy
+from .values import US_CLOSE, parse_number
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +39,6 @@ RATE_LIMIT_VARIABLE = "MARKETPIPE_TWELVEDATA_RATE_LIMIT"
 DEFAULT_RATE_LIMIT = "8/min"  # the free plan: 8 credits per minute
 MAX_OUTPUTSIZE = 5000  # the most bars one call returns
 EXCHANGE_TZ = "America/New_York"
-# A daily bar of today's session is partial until the close; 16:00 is the latest regular close
-# (half days close at 13:00), so waiting for it never stores a partial bar.
-SESSION_CLOSE = dt.time(16, 0)
 # None: the HTTP layer's default, RetryPolicy.from_env() (MARKETPIPE_RETRY_*_SECONDS).
 RETRY: RetryPolicy | None = None
 TIMEOUT = 10.0
@@ -57,12 +55,6 @@ INTRADAY_BARS = pl.Schema(
 _VALUE_FIELDS = ("datetime", *PRICE_COLUMNS, "volume")
 
 
-def _number(column: str, dtype: pl.DataType) -> pl.Expr:
-    """'439.88000' -> 439.88; thousands separators dropped; unparsable or absent -> null."""
-    text = pl.col(column).str.replace_all(",", "").str.strip_chars()
-    return text.cast(pl.Float64, strict=False).cast(dtype, strict=False).alias(column)
-
-
 def parse_values(values: list[dict[str, Any]], symbol: str) -> pl.DataFrame:
     """`values` -> strings parsed to numbers, ascending by datetime (the API defaults to DESC).
 
@@ -72,8 +64,8 @@ def parse_values(values: list[dict[str, Any]], symbol: str) -> pl.DataFrame:
     return raw.with_columns(
         pl.lit(symbol, pl.String).alias("symbol"),
         pl.col("datetime").str.strip_chars(),
-        *(_number(c, pl.Float64) for c in PRICE_COLUMNS),
-        _number("volume", pl.Int64),
+        *(parse_number(c, pl.Float64) for c in PRICE_COLUMNS),
+        parse_number("volume", pl.Int64),
     ).sort("datetime", nulls_last=True, maintain_order=True)
 
 
@@ -150,7 +142,7 @@ class TwelveDataSource(OneMarketDailyBars):
 
     def _last_closed_session_day(self) -> dt.date:
         now = self.now().astimezone(zoneinfo.ZoneInfo(EXCHANGE_TZ))
-        return now.date() if now.time() >= SESSION_CLOSE else now.date() - dt.timedelta(days=1)
+        return now.date() if now.time() >= US_CLOSE else now.date() - dt.timedelta(days=1)
 
     async def _daily_symbol(
         self, http: ProviderHttp, symbol: str, days: list[dt.date]

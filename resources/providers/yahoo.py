@@ -48,7 +48,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import quote as url_quote
-from zoneinfo import ZoneInfo
 
 import polars as pl
 
@@ -58,13 +57,13 @@ from resources.sources.base import ConfigurationError
 from .base import OneMarketDailyBars, fetch_all, no_listing, rate_limit
 from .errors import BadRequest, NotFound, ProviderError, RateLimited, Unauthorized
 from .http import ProviderHttp, RetryPolicy, retry_after_seconds
+from .values import NEW_YORK, US_CLOSE, bar_columns, date_of, epoch
 
 PROVIDER = "yahoo"
 DEFAULT_BASE_URL = "https://query2.finance.yahoo.com"
 RATE_VARIABLE = "MARKETPIPE_YAHOO_RATE_LIMIT"
 DEFAULT_RATE = "2/s"
 MARKET = "us"
-NEW_YORK = ZoneInfo("America/New_York")
 OPTION_HORIZON_DAYS = 90
 OUTAGE_MARKER = "Will be right back"
 # Yahoo answers clients without a browser-like agent with 429s.
@@ -108,18 +107,6 @@ log = logging.getLogger(__name__)
 def now() -> float:
     """The wall clock the partial-bar rule compares session closes with."""
     return time.time()
-
-
-def _ny_date(epoch: int | float) -> dt.date:
-    return dt.datetime.fromtimestamp(int(epoch), NEW_YORK).date()
-
-
-def _utc_date(epoch: int | float) -> dt.date:
-    return dt.datetime.fromtimestamp(int(epoch), dt.UTC).date()
-
-
-def _ny_epoch(day: dt.date, at: dt.time = dt.time(0, 0)) -> int:
-    return int(dt.datetime.combine(day, at, NEW_YORK).timestamp())
 
 
 def _error_of(payload: Any) -> dict | None:
@@ -218,8 +205,8 @@ class YahooSource(OneMarketDailyBars):
         """The chart result of `symbol` for sessions first..last (period2 is exclusive)."""
         endpoint = f"/v8/finance/chart/{url_quote(symbol, safe='')}"
         params = {
-            "period1": _ny_epoch(first),
-            "period2": _ny_epoch(last + dt.timedelta(days=1)),
+            "period1": epoch(first, dt.time(0, 0), NEW_YORK),
+            "period2": epoch(last + dt.timedelta(days=1), dt.time(0, 0), NEW_YORK),
             "interval": "1d",
             "includePrePost": "false",
             "events": "div,splits",
@@ -278,9 +265,9 @@ class YahooSource(OneMarketDailyBars):
         regular = (meta.get("currentTradingPeriod") or {}).get("regular") or {}
         start, end = regular.get("start"), regular.get("end")
         numbers = isinstance(start, int | float) and isinstance(end, int | float)
-        if numbers and _ny_date(start) == day:
+        if numbers and date_of(start, NEW_YORK) == day:
             return int(end)
-        return _ny_epoch(day, dt.time(16, 0))
+        return epoch(day, US_CLOSE, NEW_YORK)
 
     def _bars(
         self, http: ProviderHttp, endpoint: str, symbol: str, result: dict
@@ -306,14 +293,10 @@ class YahooSource(OneMarketDailyBars):
             {
                 "symbol": [symbol] * len(stamps),
                 "stamp": pl.Series(stamps, dtype=pl.Int64, strict=False),
-                "open": _floats(quote["open"]),
-                "high": _floats(quote["high"]),
-                "low": _floats(quote["low"]),
-                "close": _floats(quote["close"]),
-                "volume": _floats(quote["volume"]).round(0).cast(pl.Int64, strict=False),
+                **bar_columns(quote, ("open", "high", "low", "close", "volume")),
             }
         )
-        dates = [None if s is None else _ny_date(s) for s in frame["stamp"]]
+        dates = [None if s is None else date_of(s, NEW_YORK) for s in frame["stamp"]]
         closes = [None if d is None else self._session_close(d, meta) for d in dates]
         frame = frame.with_columns(
             trade_date=pl.Series(dates, dtype=pl.Date),
@@ -342,9 +325,11 @@ class YahooSource(OneMarketDailyBars):
         for item in (events.get("splits") or {}).values():
             numerator, denominator = item.get("numerator"), item.get("denominator")
             ratio = numerator / denominator if numerator and denominator else None
-            rows.append((symbol, _ny_date(item["date"]), "split", ratio, None))
+            rows.append((symbol, date_of(item["date"], NEW_YORK), "split", ratio, None))
         for item in (events.get("dividends") or {}).values():
-            rows.append((symbol, _ny_date(item["date"]), "dividend", None, item.get("amount")))
+            rows.append(
+                (symbol, date_of(item["date"], NEW_YORK), "dividend", None, item.get("amount"))
+            )
         frame = pl.DataFrame(rows, schema=CORPORATE_ACTIONS, orient="row")
         return frame.filter(pl.col("date").is_between(first, last)).sort("date", "kind")
 
@@ -360,7 +345,7 @@ class YahooSource(OneMarketDailyBars):
             chosen = [
                 e
                 for e in expirations
-                if 0 <= (_utc_date(e) - quote_date).days <= OPTION_HORIZON_DAYS
+                if 0 <= (date_of(e, dt.UTC) - quote_date).days <= OPTION_HORIZON_DAYS
             ]
             pages = await asyncio.gather(*(self._options_page(http, symbol, e) for e in chosen))
         columns: dict[str, list] = {name: [] for name in OPTION_CHAIN}
@@ -378,7 +363,7 @@ class YahooSource(OneMarketDailyBars):
                             "quote_date": quote_date,
                             "underlying": underlying,
                             "contract_symbol": contract.get("contractSymbol"),
-                            "expiration": _utc_date(expires or expiry),
+                            "expiration": date_of(expires or expiry, dt.UTC),
                             "strike": contract.get("strike"),
                             "option_type": kind,
                             "bid": contract.get("bid"),
@@ -411,10 +396,6 @@ class YahooSource(OneMarketDailyBars):
         if not results or not isinstance(results[0], dict):
             raise NotFound(PROVIDER, endpoint, symbol, "no option chain for this symbol")
         return results[0]
-
-
-def _floats(values: list) -> pl.Series:
-    return pl.Series(values, dtype=pl.Float64, strict=False)
 
 
 def source_from_env() -> YahooSource:

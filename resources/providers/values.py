@@ -1,0 +1,49 @@
+"""How the values providers send become typed ones: numbers as text, bar arrays with nulls,
+epoch stamps and session dates."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from zoneinfo import ZoneInfo
+
+import polars as pl
+
+NEW_YORK = ZoneInfo("America/New_York")
+# The latest regular close of a US session (half days close at 13:00): a bar counts as final
+# only after it, so waiting for it never stores a partial bar.
+US_CLOSE = dt.time(16, 0)
+
+
+def number_text(column: str) -> pl.Expr:
+    """A number sent as text ('79,600', ' 439.88000'), thousands separators and padding gone."""
+    return pl.col(column).str.replace_all(",", "").str.strip_chars()
+
+
+def parse_number(column: str, dtype: pl.DataType) -> pl.Expr:
+    """'79,600' -> 79600, '439.88000' -> 439.88; empty, '-', absent or unparsable -> null,
+    never 0 (validation quarantines the row instead of storing a made-up price)."""
+    as_float = number_text(column).cast(pl.Float64, strict=False)
+    return as_float.cast(dtype, strict=False).alias(column)
+
+
+def bar_columns(arrays: Mapping[str, list], keys: Sequence[str]) -> dict[str, pl.Series]:
+    """open, high, low, close and volume from the JSON arrays named by `keys`, in that order.
+
+    Nulls stay nulls (validation quarantines those rows); volume is rounded to whole shares.
+    """
+    open_, high, low, close, volume = (
+        pl.Series(arrays[k], dtype=pl.Float64, strict=False) for k in keys
+    )
+    volume = volume.round(0).cast(pl.Int64, strict=False)
+    return {"open": open_, "high": high, "low": low, "close": close, "volume": volume}
+
+
+def epoch(day: dt.date, at: dt.time, zone: dt.tzinfo) -> int:
+    """Epoch seconds of `day` at the wall-clock time `at` in `zone`."""
+    return int(dt.datetime.combine(day, at, zone).timestamp())
+
+
+def date_of(stamp: int | float, zone: dt.tzinfo) -> dt.date:
+    """The calendar date in `zone` of an epoch stamp (whole seconds)."""
+    return dt.datetime.fromtimestamp(int(stamp), zone).date()
