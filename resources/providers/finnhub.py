@@ -123,25 +123,14 @@ class FinnhubSource(OneMarketDailyBars):
         def classify(payload: Any, response) -> None:
             status = response.status_code
             message = payload.get("error") if isinstance(payload, dict) else None
-            if status == 401:
-                raise Unauthorized(
-                    PROVIDER,
-                    endpoint,
-                    symbol,
-                    http.redact(
-                        f"HTTP 401: {message or response.text[:200]}; check FINNHUB_API_KEY"
-                    ),
+            if status in (401, 403):
+                hint = (
+                    "check FINNHUB_API_KEY"
+                    if status == 401
+                    else "the key's plan may not include this endpoint"
                 )
-            if status == 403:
-                raise Unauthorized(
-                    PROVIDER,
-                    endpoint,
-                    symbol,
-                    http.redact(
-                        f"HTTP 403: {message or response.text[:200]}; the key's plan may not "
-                        "include this endpoint"
-                    ),
-                )
+                detail = f"HTTP {status}: {message or response.text[:200]}; {hint}"
+                raise Unauthorized(PROVIDER, endpoint, symbol, http.redact(detail))
             if status < 400 and message:
                 # Errors are documented as non-2xx; one in a 200 is not retried either.
                 raise BadRequest(PROVIDER, endpoint, symbol, http.redact(f"error: {message}"))

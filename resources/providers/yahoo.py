@@ -211,16 +211,30 @@ class YahooSource(OneMarketDailyBars):
             "includePrePost": "false",
             "events": "div,splits",
         }
+        result = await self._result(http, endpoint, symbol, params, "chart", "empty chart result")
+        return endpoint, result
+
+    async def _result(
+        self,
+        http: ProviderHttp,
+        endpoint: str,
+        symbol: str,
+        params: dict,
+        envelope: str,
+        empty: str,
+    ) -> dict:
+        """The first result of a `{envelope: {"result": [...]}}` answer: SchemaDrift when there
+        is no result list, NotFound (saying `empty`) when it is empty."""
         payload = await self._get(http, endpoint, symbol, params)
-        chart = payload.get("chart") if isinstance(payload, dict) else None
-        results = chart.get("result") if isinstance(chart, dict) else None
+        inner = payload.get(envelope) if isinstance(payload, dict) else None
+        results = inner.get("result") if isinstance(inner, dict) else None
         if not isinstance(results, list):
             raise http.schema_error(
-                endpoint, symbol, f"expected chart.result, got {str(payload)[:200]!r}"
+                endpoint, symbol, f"expected {envelope}.result, got {str(payload)[:200]!r}"
             )
         if not results or not isinstance(results[0], dict):
-            raise NotFound(PROVIDER, endpoint, symbol, "empty chart result")
-        return endpoint, results[0]
+            raise NotFound(PROVIDER, endpoint, symbol, empty)
+        return results[0]
 
     # Daily bars ---------------------------------------------------------------------------
     def universe(self, market: str) -> pl.DataFrame:
@@ -386,16 +400,8 @@ class YahooSource(OneMarketDailyBars):
     async def _options_page(self, http: ProviderHttp, symbol: str, expiry: int | None) -> dict:
         endpoint = f"/v7/finance/options/{url_quote(symbol, safe='')}"
         params = {} if expiry is None else {"date": expiry}
-        payload = await self._get(http, endpoint, symbol, params)
-        chain = payload.get("optionChain") if isinstance(payload, dict) else None
-        results = chain.get("result") if isinstance(chain, dict) else None
-        if not isinstance(results, list):
-            raise http.schema_error(
-                endpoint, symbol, f"expected optionChain.result, got {str(payload)[:200]!r}"
-            )
-        if not results or not isinstance(results[0], dict):
-            raise NotFound(PROVIDER, endpoint, symbol, "no option chain for this symbol")
-        return results[0]
+        empty = "no option chain for this symbol"
+        return await self._result(http, endpoint, symbol, params, "optionChain", empty)
 
 
 def source_from_env() -> YahooSource:
