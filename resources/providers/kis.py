@@ -8,7 +8,7 @@ Daily bars come from inquire-daily-itemchartprice, at most ~100 rows per call, n
 range is read backwards, one earlier date window per call, until it is covered. Access tokens
 (OAuth client credentials) live 24 h and KIS issues at most one per minute per key, so a token is
 cached in memory and in a 0600 file that every process using the same key shares; it is renewed
-5 minutes before expiry or when KIS answers that it expired (EGW00123).
+5 minutes before expiry or when KIS answers that it expired (EGW00123). kis_token.py does that.
 """
 
 from __future__ import annotations
@@ -16,16 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import fcntl
-import json
 import logging
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import httpx
 import polars as pl
@@ -43,20 +39,33 @@ from .base import (
 from .errors import (
     BadRequest,
     NotFound,
-    ProviderDown,
     ProviderError,
     RateLimited,
     TokenExpired,
     Unauthorized,
 )
 from .http import ProviderHttp, RetryPolicy
+from .kis_token import (
+    JSON_CONTENT,
+    REFRESH_MARGIN,
+    TOKEN_INTERVAL,
+    TOKEN_PATH,
+    TokenCache,
+    TokenFile,
+    TokenIssueLimited,
+    TokenSession,
+)
+
+# Moved to kis_token.py; still importable from here.
+from .kis_token import TOKEN_LIFETIME as TOKEN_LIFETIME
+from .kis_token import Token as Token
+from .values import SEOUL as KST
 from .values import number_text, parse_number
 
 NAME = "kis"
 MARKET = "krx"
 DEFAULT_BASE_URL = "https://openapi.koreainvestment.com:9443"
 DEFAULT_WS_URL = "ws://ops.koreainvestment.com:21000"
-TOKEN_PATH = "/oauth2/tokenP"
 _QUOTATIONS = "/uapi/domestic-stock/v1/quotations"
 DAILY_PATH = f"{_QUOTATIONS}/inquire-daily-itemchartprice"
 PRICE_PATH = f"{_QUOTATIONS}/inquire-price"
@@ -71,10 +80,6 @@ BOOK_LEVELS = 10
 
 RATE_VARIABLE, DEFAULT_RATE = "MARKETPIPE_KIS_RATE_LIMIT", "20/s"
 ADJUSTED_VARIABLE = "MARKETPIPE_KIS_ADJUSTED"
-TOKEN_INTERVAL = 60.0  # KIS issues one token per minute per key (EGW00133 otherwise)
-REFRESH_MARGIN = 300.0  # renew a token 5 minutes before it expires
-TOKEN_LIFETIME = 86_400.0  # when the answer carries no expiry
-KST = ZoneInfo("Asia/Seoul")
 
 RATE_LIMITED = "EGW00201"  # "초당 거래건수를 초과하였습니다", in a 500 or a 200
 TOKEN_CODES = frozenset({"EGW00121", "EGW00123"})  # invalid token, expired token
@@ -111,11 +116,6 @@ _RAW = pl.Schema({"symbol": pl.String, **{c: pl.String for c in _RAW_FIELDS}})
 logger = logging.getLogger(__name__)
 
 
-class TokenIssueLimited(Unauthorized):
-    """EGW00133: a token was issued for this key less than a minute ago. Not retried by the HTTP
-    layer (that would hammer the token endpoint); the token manager waits and tries once more."""
-
-
 @dataclass(frozen=True)
 class CurrentPrice:
     """inquire-price's headline fields: stck_prpr, stck_oprc, stck_hgpr, stck_lwpr, acml_vol."""
@@ -127,13 +127,6 @@ class CurrentPrice:
     low: float | None
     volume: int | None
     fetched_at: dt.datetime
-
-
-@dataclass(frozen=True)
-class Token:
-    value: str
-    expires_at: float  # epoch seconds
-    issued_at: float  # epoch seconds, for the one-per-minute rule across processes
 
 
 def classify(payload: Any, response: httpx.Response) -> None:
@@ -174,56 +167,6 @@ def classify(payload: Any, response: httpx.Response) -> None:
     raise ProviderError(*where, detail)
 
 
-class TokenFile:
-    """The access token of one key and base URL in a 0600 file: token and expiry, no secret.
-
-    The name carries `credential_id(app_key, base_url)`, never the key. Writes are atomic
-    (temporary file, then rename) and an exclusive lock file serialises issuing across
-    processes, so a second process waits for the first's token instead of asking for another.
-    """
-
-    def __init__(self, cache_dir: Path, key_id: str):
-        self.path = cache_dir / "kis" / f"token-{key_id}.json"
-
-    def load(self) -> Token | None:
-        try:
-            data = json.loads(self.path.read_text())
-            return Token(
-                str(data["access_token"]), float(data["expires_at"]), float(data["issued_at"])
-            )
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-
-    def save(self, token: Token) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        data = {
-            "access_token": token.value,
-            "expires_at": token.expires_at,
-            "issued_at": token.issued_at,  # not secret: lets other processes keep the 1/min rule
-        }
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.fchmod(fd, 0o600)  # whatever the umask
-            os.write(fd, json.dumps(data).encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-
-    def lock(self) -> int:
-        """Block until this process holds the key's issuing lock; returns the descriptor."""
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        return fd
-
-    @staticmethod
-    def unlock(fd: int) -> None:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
-
-
 class KisSource(OneMarketDailyBars):
     """Daily bars, current price and order book of KRX stocks from the KIS Open API.
 
@@ -259,11 +202,11 @@ class KisSource(OneMarketDailyBars):
         if cache_dir is None:
             default = Path.home() / ".cache" / "marketpipe"
             cache_dir = os.environ.get("MARKETPIPE_CACHE_DIR") or default
-        self.token_file = TokenFile(Path(cache_dir), credential_id(app_key, self.base_url))
-        self.token_interval, self.refresh_margin = token_interval, refresh_margin
+        token_file = TokenFile(Path(cache_dir), credential_id(app_key, self.base_url))
+        self.tokens = TokenCache(
+            app_key, app_secret, token_file, interval=token_interval, margin=refresh_margin
+        )
         self.missing: dict[str, str] = {}  # symbols the last daily_bars call found unknown
-        self._token: Token | None = None
-        self._last_issue: float | None = None
         self._open: _Client | None = None
         self._stack: contextlib.AsyncExitStack | None = None
 
@@ -359,7 +302,7 @@ class KisSource(OneMarketDailyBars):
         first, last = sessions[0], sessions[-1]
         symbols = list(dict.fromkeys(symbols))
         async with self._client() as client:
-            await client.token()  # one token before fanning out; a bad key fails once, here
+            await client.tokens.token()  # one before fanning out; a bad key fails once, here
             try:
                 frames, missing = await fetch_each(
                     symbols,
@@ -375,89 +318,14 @@ class KisSource(OneMarketDailyBars):
         raw = pl.concat(frames) if frames else pl.DataFrame(schema=_RAW)
         return _bars(raw, sessions)
 
-    def _memory_token(self, stale: str | None) -> Token | None:
-        token = self._token
-        if token is None or token.value == stale:
-            return None
-        return token if token.expires_at - time.time() > self.refresh_margin else None
-
 
 class _Client:
-    """One event loop's session: the HTTP pool and the lock that makes concurrent requests
-    share one token refresh."""
+    """One event loop's session: the HTTP pool and the way to a token (kis_token.py)."""
 
     def __init__(self, source: KisSource, http: ProviderHttp):
         self.source, self.http = source, http
         self.loop = asyncio.get_running_loop()
-        self.lock = asyncio.Lock()
-        self.failure: Unauthorized | None = None
-
-    # Tokens ---------------------------------------------------------------------------------
-    async def token(self, stale: str | None = None) -> str:
-        """A valid access token; `stale` is one KIS just rejected, never handed out again."""
-        source = self.source
-        if (token := source._memory_token(stale)) is not None:
-            return token.value
-        async with self.lock:
-            if (token := source._memory_token(stale)) is not None:
-                return token.value
-            if self.failure is not None:
-                raise self.failure  # a rejected key stays rejected for this session
-            fd = await _locked(source.token_file)
-            try:
-                token = source.token_file.load()  # another process may have renewed it
-                if token is not None:
-                    source._last_issue = max(source._last_issue or 0.0, token.issued_at)
-                    source._token = token
-                if (token := source._memory_token(stale)) is None:
-                    token = await self._issue()
-                    source.token_file.save(token)
-                    source._token = token
-            except Unauthorized as error:
-                self.failure = error
-                raise
-            finally:
-                source.token_file.unlock(fd)
-        return token.value
-
-    async def _issue(self) -> Token:
-        """POST /oauth2/tokenP, never more than once per `token_interval`: wait until that long
-        after the last issue, and on EGW00133 wait once more and try a second and last time."""
-        source = self.source
-        if source._last_issue is not None:
-            await asyncio.sleep(source._last_issue + source.token_interval - time.time())
-        body = {
-            "grant_type": "client_credentials",
-            "appkey": source._app_key,
-            "appsecret": source._app_secret,
-        }
-        for attempt in (1, 2):
-            asked = time.time()
-            try:
-                payload, _ = await self.http.request_json(
-                    "POST", TOKEN_PATH, classify=classify, json=body, headers=_JSON
-                )
-                break
-            except TokenIssueLimited as error:
-                if attempt == 2:
-                    raise ProviderDown(
-                        f"{error}; refused again after waiting {source.token_interval:.0f} s: "
-                        "another process or machine is issuing tokens for this key"
-                    ) from None
-                # Someone issued a token we do not know of: one full interval from now.
-                logger.warning("kis: token issue refused (one per minute); waiting to retry")
-                source._last_issue = time.time()
-                await asyncio.sleep(source.token_interval)
-        # KIS stamped the issue between asking and answering: count the minute from the answer.
-        source._last_issue = time.time()
-        token = _parse_token(payload, asked, source._last_issue)
-        if token is None:
-            raise self.http.schema_error(TOKEN_PATH, None, "the answer has no access_token")
-        logger.info(
-            "kis: issued an access token valid until %s",
-            dt.datetime.fromtimestamp(token.expires_at, KST).isoformat(timespec="seconds"),
-        )
-        return token
+        self.tokens = TokenSession(source.tokens, http, classify)
 
     # Requests -------------------------------------------------------------------------------
     async def get(
@@ -466,11 +334,11 @@ class _Client:
         """One KIS query; on an expired-token answer the token is renewed once and the query
         sent once more."""
         for attempt in (1, 2):
-            token = await self.token()
+            token = await self.tokens.token()
             if token not in self.http.redact.secrets:
                 self.http.redact.secrets.append(token)  # a bearer token is a credential too
             headers = {
-                **_JSON,
+                **JSON_CONTENT,
                 "authorization": f"Bearer {token}",
                 "appkey": self.source._app_key,
                 "appsecret": self.source._app_secret,
@@ -485,7 +353,7 @@ class _Client:
             except TokenExpired:
                 if attempt == 2:
                     raise
-                await self.token(stale=token)
+                await self.tokens.token(stale=token)
                 continue
             if not isinstance(payload, dict):
                 raise self.http.schema_error(path, symbol, "the answer is not a JSON object")
@@ -540,9 +408,6 @@ class _Client:
         )
 
 
-_JSON = {"content-type": "application/json; charset=utf-8"}
-
-
 def _bars(raw: pl.DataFrame, sessions: list[dt.date]) -> pl.DataFrame:
     """Strings (maybe with thousands separators) to numbers; rows off the sessions dropped.
     Undated rows stay: validation quarantines them as they came."""
@@ -593,36 +458,6 @@ def _book_time(hhmmss: Any, now: dt.datetime | None = None) -> dt.datetime:
     if local > now + dt.timedelta(minutes=5):
         local -= dt.timedelta(days=1)
     return local.astimezone(dt.UTC)
-
-
-def _parse_token(payload: Any, asked: float, answered: float) -> Token | None:
-    """Expiry counted from when we asked (the safe side), issue time from the answer."""
-    if not isinstance(payload, dict) or not isinstance(payload.get("access_token"), str):
-        return None
-    value = payload["access_token"]
-    if not value:
-        return None
-    try:
-        expires_at = asked + float(payload["expires_in"])
-    except (KeyError, TypeError, ValueError):
-        try:
-            stamp = dt.datetime.strptime(payload["access_token_token_expired"], "%Y-%m-%d %H:%M:%S")
-            expires_at = stamp.replace(tzinfo=KST).timestamp()
-        except (KeyError, TypeError, ValueError):
-            expires_at = asked + TOKEN_LIFETIME
-    return Token(value, expires_at, answered)
-
-
-async def _locked(token_file: TokenFile) -> int:
-    """The key's issuing lock, waited for in a thread; released even if we are cancelled."""
-    waiting = asyncio.ensure_future(asyncio.to_thread(token_file.lock))
-    try:
-        return await asyncio.shield(waiting)
-    except asyncio.CancelledError:
-        waiting.add_done_callback(
-            lambda t: t.cancelled() or t.exception() or token_file.unlock(t.result())
-        )
-        raise
 
 
 async def _cancel_siblings() -> None:

@@ -28,7 +28,6 @@ import asyncio
 import datetime as dt
 import logging
 import os
-import zoneinfo
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -42,7 +41,7 @@ from resources.sources.base import SourceError
 from .base import OneMarketDailyBars, rate_limit, required_env, run_sync
 from .errors import BadRequest, ProviderError, RateLimited, Unauthorized
 from .http import ProviderHttp, RetryPolicy
-from .values import parse_number
+from .values import SEOUL, parse_number
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +205,7 @@ class KrxSource(OneMarketDailyBars):
     def universe(self, market: str, today: dt.date | None = None) -> pl.DataFrame:
         """The latest published session's stocks on both boards (see the module docstring)."""
         self._check_market(market)
-        today = today or dt.datetime.now(zoneinfo.ZoneInfo("Asia/Seoul")).date()
+        today = today or dt.datetime.now(SEOUL).date()
         day, rows = run_sync(self._listing(today))
         if day is None:
             raise SourceError(

@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 import polars as pl
 
 NEW_YORK = ZoneInfo("America/New_York")
+SEOUL = ZoneInfo("Asia/Seoul")
 # The latest regular close of a US session (half days close at 13:00): a bar counts as final
 # only after it, so waiting for it never stores a partial bar.
 US_CLOSE = dt.time(16, 0)
