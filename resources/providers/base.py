@@ -80,6 +80,13 @@ async def fetch_each(
     return [f for f in frames if f is not None], missing
 
 
+def bars_by_date(frames: Sequence[pl.DataFrame]) -> pl.DataFrame:
+    """daily_prices frames as one, by date then symbol (undated rows last); none -> empty."""
+    return pl.concat([pl.DataFrame(schema=DAILY_PRICES), *frames]).sort(
+        "trade_date", "symbol", nulls_last=True, maintain_order=True
+    )
+
+
 async def fetch_all(
     symbols: Sequence[str],
     fetch: Callable[[str], Awaitable[pl.DataFrame]],

@@ -38,7 +38,7 @@ from marketpipe_assets import markets
 from marketpipe_assets.schemas import DAILY_PRICES, UNIVERSE
 from resources.sources.base import SourceError
 
-from .base import OneMarketDailyBars, rate_limit, required_env, run_sync
+from .base import OneMarketDailyBars, bars_by_date, rate_limit, required_env, run_sync
 from .errors import BadRequest, ProviderError, RateLimited, Unauthorized
 from .http import ProviderHttp, RetryPolicy
 from .values import SEOUL, parse_number
@@ -188,9 +188,7 @@ class KrxSource(OneMarketDailyBars):
                 return frame
 
             frames = await asyncio.gather(*(one(b, d) for d in sessions for b in BOARDS))
-        return pl.concat([pl.DataFrame(schema=DAILY_PRICES), *frames]).sort(
-            "trade_date", "symbol", nulls_last=True, maintain_order=True
-        )
+        return bars_by_date(frames)
 
     async def _listing(self, today: dt.date) -> tuple[dt.date | None, list[dict]]:
         recent = [d for d in markets.all_sessions("krx") if d <= today][-UNIVERSE_LOOKBACK:]

@@ -25,7 +25,7 @@ import polars as pl
 
 from marketpipe_assets.schemas import DAILY_PRICES, PRICE_COLUMNS
 
-from .base import OneMarketDailyBars, fetch_each, no_listing, rate_limit, required_env
+from .base import OneMarketDailyBars, bars_by_date, fetch_each, no_listing, rate_limit, required_env
 from .errors import BadRequest, NotFound, ProviderError, RateLimited, Unauthorized
 from .http import ProviderHttp, RetryPolicy
 from .values import US_CLOSE, parse_number
@@ -192,9 +192,7 @@ class TwelveDataSource(OneMarketDailyBars):
             )
         if missing:
             log.warning("twelvedata: no daily bars for %d symbol(s): %s", len(missing), missing)
-        return pl.concat([pl.DataFrame(schema=DAILY_PRICES), *frames]).sort(
-            "trade_date", "symbol", nulls_last=True, maintain_order=True
-        )
+        return bars_by_date(frames)
 
     async def intraday_bars(
         self, symbol: str, session: dt.date, *, http: ProviderHttp | None = None
