@@ -1,0 +1,1 @@
+"""`make bench`: the issue's benchmarks (backfill, indicators, rules, one daily partition)."""

@@ -1,0 +1,122 @@
+"""`make bench` / `python -m bench.run`: run the benchmarks, print a table, write JSON.
+
+--quick scales everything down (250 symbols x 250 sessions) to check the bench itself works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import warnings
+
+import dagster as dg
+
+from . import backfill, indicators_vs_talib, rules_vs_ge
+from .common import REPO, past_keys, row, verdict
+
+warnings.filterwarnings("ignore", category=dg.BetaWarning)
+warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+DAILY_TARGET_S = 3.0
+
+
+def machine() -> dict:
+    import polars
+    import talib
+
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "dagster": dg.__version__,
+        "polars": polars.__version__,
+        "talib": talib.__version__,
+        "load_average": os.getloadavg(),
+    }
+
+
+def daily(market: str, symbols: int) -> dict:
+    env = {**os.environ, "DAGSTER_EVENT_BATCH_SIZE": str(backfill.BATCH)}
+    cmd = [sys.executable, "-m", "bench.daily", "--market", market, "--symbols", str(symbols)]
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    cold, warm = out["first_run"]["seconds"], out["second_run"]["seconds"]
+    data = out["data_work"]["seconds"]
+    return row(
+        f"d. one partition, {symbols:,} symbols, in process",
+        f"< {DAILY_TARGET_S:.0f} s",
+        f"{cold:.2f} s; warm {warm:.2f} = data {data:.2f} + Dagster {warm - data:.2f}",
+        cold / DAILY_TARGET_S,
+        verdict(cold < DAILY_TARGET_S),
+        **out,
+    )
+
+
+def table(rows: list[dict]) -> str:
+    lines = [f"{'benchmark':<50} {'target':<28} {'measured':<48} {'ratio':>6}  status"]
+    for r in rows:
+        ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}"
+        lines.append(
+            f"{r['bench']:<50} {r['target']:<28} {r['measured']:<48} {ratio:>6}  {r['status']}"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--market", default="krx", choices=["krx", "us"])
+    parser.add_argument("--symbols", type=int, default=2500)
+    parser.add_argument("--sessions", type=int, default=2500)
+    parser.add_argument("--quick", action="store_true", help="250 symbols x 250 sessions")
+    parser.add_argument("--only", default="abcd", help="subset of a, b, c, d (default abcd)")
+    parser.add_argument("--no-unbatched", action="store_true", help="skip unbatched CLI runs")
+    args = parser.parse_args()
+    if args.quick:
+        args.symbols, args.sessions = 250, 250
+    keys = past_keys(args.market, args.sessions)
+    info = {"machine": machine(), "market": args.market, "symbols": args.symbols}
+    info["sessions"] = [keys[0], keys[-1], len(keys)]
+    print(json.dumps(info), flush=True)
+    root, rows, history = backfill.scratch(), [], None
+
+    def done(result: dict) -> None:
+        result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+        rows.append(result)
+        print(json.dumps(result), flush=True)
+
+    try:
+        if "a" in args.only or "b" in args.only:
+            result, history = backfill.data_work(args.market, args.symbols, keys, root)
+            if "a" in args.only:
+                done(result)
+        if "b" in args.only:
+            done(indicators_vs_talib.run(history))
+        history = None
+        gc.collect()
+        if "c" in args.only:
+            done(rules_vs_ge.run(rules_vs_ge.frame(args.market, args.symbols, keys)))
+            gc.collect()
+        if "d" in args.only:
+            done(daily(args.market, args.symbols))
+        if "a" in args.only:
+            batches = [backfill.BATCH] + ([] if args.no_unbatched else [None])
+            for batch in batches:
+                done(backfill.through_dagster(args.market, args.symbols, keys, batch, root))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    info["machine"]["load_average_end"] = os.getloadavg()
+    print("\n" + table(rows))
+    out = REPO / "bench" / "results" / "latest.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({**info, "results": rows}, indent=2, default=str))
+    print(f"\nwrote {out.relative_to(REPO)}")
+    return 1 if any(r["status"] == "FAIL" for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
