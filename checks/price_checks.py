@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 
 import dagster as dg
+import numpy as np
 import polars as pl
 
 from marketpipe_assets.metadata import markdown_table
@@ -73,36 +74,45 @@ def price_relationships_result(stored: pl.DataFrame, validated: Validated) -> dg
 def completeness_by_session(
     stored: pl.DataFrame, universe: pl.DataFrame, sessions: list[dt.date]
 ) -> pl.DataFrame:
-    """Per session: active symbols, symbols with a stored bar, and their ratio."""
-    days = pl.DataFrame({"trade_date": sessions}, schema={"trade_date": pl.Date})
-    active = (
-        days.join(universe.select("symbol", "listing_date", "delisting_date"), how="cross")
-        .filter(
-            (pl.col("listing_date") <= pl.col("trade_date"))
-            & (
-                pl.col("delisting_date").is_null()
-                | (pl.col("delisting_date") > pl.col("trade_date"))
-            )
-        )
-        .select("trade_date", "symbol")
+    """Per session: active symbols, symbols with a stored bar, and their ratio.
+
+    Active counts come from sorted listing and delisting dates (no sessions x symbols cross
+    join); stored rows are unique per (symbol, date) after validation, so they are counted as is.
+    """
+    listed = universe.select(
+        "symbol",
+        "listing_date",
+        # A delisting before the listing (a bad universe row) means never active.
+        ended=pl.when(pl.col("delisting_date").is_not_null()).then(
+            pl.max_horizontal("listing_date", "delisting_date")
+        ),
     )
-    present = stored.select("trade_date", "symbol").unique()
-    expected = active.group_by("trade_date").agg(active=pl.len())
+    day = np.array(sessions, dtype="datetime64[D]")
+    starts = np.sort(listed["listing_date"].drop_nulls().to_numpy().astype("datetime64[D]"))
+    ends = np.sort(listed["ended"].drop_nulls().to_numpy().astype("datetime64[D]"))
+    active = np.searchsorted(starts, day, "right") - np.searchsorted(ends, day, "right")
+    is_active = (pl.col("listing_date") <= pl.col("trade_date")) & (
+        pl.col("ended").is_null() | (pl.col("ended") > pl.col("trade_date"))
+    )
     have = (
-        active.join(present, on=["trade_date", "symbol"], how="semi")
+        stored.select("symbol", "trade_date")
+        .join(listed, on="symbol", how="inner")
+        .filter(is_active)
         .group_by("trade_date")
         .agg(stored=pl.len())
     )
     return (
-        days.join(expected, on="trade_date", how="left")
+        pl.DataFrame(
+            {"trade_date": sessions, "active": active}, schema_overrides={"trade_date": pl.Date}
+        )
         .join(have, on="trade_date", how="left")
         .with_columns(pl.col("active", "stored").fill_null(0).cast(pl.Int64))
         .with_columns(
             completeness=pl.when(pl.col("active") > 0)
             .then(pl.col("stored") / pl.col("active"))
             .otherwise(1.0)  # nothing was expected that day
+            .round(4)
         )
-        .with_columns(pl.col("completeness").round(4))
         .sort("trade_date")
     )
 

@@ -10,6 +10,7 @@ from functools import cache
 
 import dagster as dg
 
+from checks.ge_check import GREAT_EXPECTATIONS
 from resources.market_data import MarketDataResource
 from resources.sources.files import FilesSource
 
@@ -24,7 +25,11 @@ RANGE_END_TAG = "dagster/asset_partition_range_end"
 def price_job(market: str):
     return dg.define_asset_job(
         f"{market}_daily_prices",
-        selection=dg.AssetSelection.assets([market, "daily_prices"]),
+        # Prices with their inline checks; the GE cross-check runs on its own (checks/ge_check.py).
+        selection=dg.AssetSelection.assets([market, "daily_prices"])
+        - dg.AssetSelection.checks(
+            dg.AssetCheckKey(dg.AssetKey([market, "daily_prices"]), GREAT_EXPECTATIONS)
+        ),
         partitions_def=partitions_def(market),
         description=f"Ingest and check {market.upper()} daily prices for one session or a range.",
     )

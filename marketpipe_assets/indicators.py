@@ -8,7 +8,7 @@ import talib
 from resources.lake import LakeResource
 
 from .markets import partition_dates, partitions_def
-from .metadata import markdown_table
+from .metadata import preview
 from .schemas import DAILY_PRICES, INDICATOR_COLUMNS, INDICATORS
 
 HISTORY_COLUMNS = ["symbol", "trade_date", "high", "low", "close", "volume"]
@@ -107,7 +107,7 @@ def indicators_asset(market: str) -> dg.AssetsDefinition:
                 "sessions": len(sessions),
                 "history_rows_read": len(history),
                 "path": lake.uri(lake.market_dir("indicators", market)),
-                "preview": dg.MetadataValue.md(markdown_table(values.drop_nulls().tail(10))),
+                **preview(values.drop_nulls().tail(10), sessions),
             }
         )
 

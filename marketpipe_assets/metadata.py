@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import dagster as dg
 import polars as pl
+
+
+def preview(frame: pl.DataFrame, sessions: list) -> dict:
+    """A preview for a single-session run. A range run's metadata is copied into every
+    partition's materialization event, where a preview of the range would mislead and, over
+    thousands of partitions, doubles the size of Dagster's event log."""
+    return {"preview": dg.MetadataValue.md(markdown_table(frame))} if len(sessions) == 1 else {}
 
 
 def markdown_table(frame: pl.DataFrame, limit: int = 10) -> str:

@@ -19,7 +19,7 @@ from resources.market_data import MarketDataResource
 from resources.sources.base import FallbackSource
 
 from .markets import MARKETS, partition_dates, partitions_def, previous_session
-from .metadata import markdown_table
+from .metadata import markdown_table, preview
 from .schemas import DAILY_PRICES, UNIVERSE, conform
 
 
@@ -121,7 +121,7 @@ def daily_prices_asset(market: str) -> dg.AssetsDefinition:
                 "rows_by_source": {name: int(n) for name, n in sources},
                 "source_failures": dg.MetadataValue.json(failures),
                 "path": lake.uri(lake.market_dir("daily_prices", market)),
-                "preview": dg.MetadataValue.md(markdown_table(stored)),
+                **preview(stored, sessions),
             },
             check_results=[
                 price_relationships_result(stored, validated),

@@ -198,7 +198,8 @@ class LakeResource(dg.ConfigurableResource):
             frame = pl.read_parquet(paths, columns=columns)
         else:
             frame = pl.from_arrow(pq.read_table(paths, columns=columns, filesystem=self.fs))
-        return frame.cast({c: schema[c] for c in columns})
+        # One chunk per file otherwise: later numpy and pandas conversions pay for each.
+        return frame.cast({c: schema[c] for c in columns}).rechunk()
 
     def read_table(self, dataset: str, market: str) -> pl.DataFrame | None:
         path = f"{self.market_dir(dataset, market)}/{PART_FILE}"
