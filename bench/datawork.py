@@ -90,11 +90,11 @@ def indicators(t: Stages, lake, market: str, sessions: list[dt.date]) -> pl.Data
 def ge_check(t: Stages, lake, market: str, sessions: list[dt.date]) -> bool | None:
     """The separate great_expectations check (checks/ge_check.py), when it exists."""
     try:
-        from checks.ge_check import recorded_violation_counts
+        from checks.ge_check import recorded_violation_counts, sessions_to_check
         from checks.ge_suite import ge_violation_counts
     except ModuleNotFoundError:
         return None
-    first, last = min(sessions), max(sessions)
+    first, last, _ = sessions_to_check(market, min(sessions), max(sessions))
     with t("GE check: import great_expectations"):
         import great_expectations  # noqa: F401
     with t("GE check: read stored + quarantine"):
@@ -110,10 +110,13 @@ def ge_check(t: Stages, lake, market: str, sessions: list[dt.date]) -> bool | No
     return by_ge == recorded
 
 
-def run(lake, market_data, market: str, sessions: list[dt.date]):
-    """(stage timings, counts, the history frame the indicators stage read)."""
+def run(lake, market_data, market: str, sessions: list[dt.date], *, with_ge: bool = True):
+    """(stage timings, counts, the history frame the indicators stage read).
+
+    with_ge=False for what the scheduled daily job runs: the GE check runs in its own run."""
     t = Stages()
     counts = prices(t, lake, market_data, market, sessions)
-    counts["checks"]["great_expectations"] = ge_check(t, lake, market, sessions)
+    if with_ge:
+        counts["checks"]["great_expectations"] = ge_check(t, lake, market, sessions)
     history = indicators(t, lake, market, sessions)
     return t, counts, history

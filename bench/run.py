@@ -64,6 +64,7 @@ def ingest(symbols: int, rate: int) -> dict:
     from . import ingest_kis
 
     out = ingest_kis.run(symbols=symbols, rate=rate)
+    out.pop("bench")
     ratio = out["ratio_to_limit"]
     return row(
         f"e. KIS ingestion, {symbols:,} symbols at {rate}/s",

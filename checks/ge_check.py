@@ -37,12 +37,10 @@ def recorded_violation_counts(quarantined: pl.DataFrame) -> dict[str, int]:
     }
 
 
-def _checked_days(context, market: str) -> tuple[dt.date, dt.date, int]:
-    """The run's sessions to cross-check, capped at the most recent MARKETPIPE_GE_CHECK_SESSIONS
+def sessions_to_check(market: str, first: dt.date, last: dt.date) -> tuple[dt.date, dt.date, int]:
+    """The sessions to cross-check, capped at the most recent MARKETPIPE_GE_CHECK_SESSIONS
     (default 20): a ten-year backfill would otherwise spend ~15 s in GE on rows the polars
     rules, the blocking gate, already covered. Returns first, last and the run's session count."""
-    window = context.partition_key_range
-    first, last = dt.date.fromisoformat(window.start), dt.date.fromisoformat(window.end)
     sessions = sessions_between(market, first, last)
     cap = int(os.environ.get("MARKETPIPE_GE_CHECK_SESSIONS", "20"))
     return max(first, sessions[-cap]) if len(sessions) > cap > 0 else first, last, len(sessions)
@@ -54,7 +52,10 @@ def ge_asset_check(market: str) -> dg.AssetChecksDefinition:
     def _great_expectations(
         context: dg.AssetCheckExecutionContext, lake: LakeResource
     ) -> dg.AssetCheckResult:
-        first, last, run_sessions = _checked_days(context, market)
+        window = context.partition_key_range
+        first, last, run_sessions = sessions_to_check(
+            market, dt.date.fromisoformat(window.start), dt.date.fromisoformat(window.end)
+        )
         stored = lake.read_partitions(DATASET, market, DAILY_PRICES, first=first, last=last)
         quarantined = lake.read_quarantine(DATASET, market, DAILY_PRICES, first=first, last=last)
         batch = pl.concat([stored, quarantined.select(stored.columns)])
