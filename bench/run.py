@@ -64,7 +64,6 @@ def ingest(symbols: int, rate: int) -> dict:
     from . import ingest_kis
 
     out = ingest_kis.run(symbols=symbols, rate=rate)
-    out.pop("bench")
     ratio = out["ratio_to_limit"]
     return row(
         f"e. KIS ingestion, {symbols:,} symbols at {rate}/s",
@@ -73,7 +72,7 @@ def ingest(symbols: int, rate: int) -> dict:
         f"{out['unlimited']['requests_per_s']:.0f} req/s",
         ratio,
         verdict(ratio >= ingest_kis.TARGET_RATIO),
-        **out,
+        details=out,
     )
 
 
