@@ -10,13 +10,14 @@ from resources.market_data import MarketDataResource
 
 from .automation import landing_file_sensor, market_schedule, price_job
 from .indicators import indicators_asset
+from .intraday import intraday_bars_asset
 from .markets import MARKETS
 from .prices import daily_prices_asset, universe_asset
 
 assets = [
     build(market)
     for market in MARKETS
-    for build in (universe_asset, daily_prices_asset, indicators_asset)
+    for build in (universe_asset, daily_prices_asset, indicators_asset, intraday_bars_asset)
 ]
 jobs = [price_job(market) for market in MARKETS]
 

@@ -129,3 +129,37 @@ def partitions_def(market: str) -> dg.TimeWindowPartitionsDefinition:
 
 def partition_dates(keys: list[str] | tuple[str, ...]) -> list[dt.date]:
     return [dt.date.fromisoformat(k) for k in keys]
+
+
+@cache
+def _all_session_bounds(market: str) -> dict[dt.date, tuple[dt.datetime, dt.datetime]]:
+    """Open and close (UTC) of every session, disk-cached like all_sessions."""
+    import exchange_calendars as xcals
+
+    spec = MARKETS[market]
+    path = _cache_dir() / f"session-bounds-{spec.calendar}-{xcals.__version__}.json"
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
+        calendar = xcals.get_calendar(spec.calendar, start="2000-01-01")
+        raw = {
+            day.date().isoformat(): [int(o.timestamp()), int(c.timestamp())]
+            for day, o, c in zip(calendar.sessions, calendar.opens, calendar.closes, strict=True)
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(raw))
+        tmp.replace(path)
+    utc = dt.UTC
+    return {
+        dt.date.fromisoformat(day): (
+            dt.datetime.fromtimestamp(o, utc),
+            dt.datetime.fromtimestamp(c, utc),
+        )
+        for day, (o, c) in raw.items()
+    }
+
+
+def session_bounds(market: str, day: dt.date) -> tuple[dt.datetime, dt.datetime]:
+    """(open, close) of the session in UTC; half days close early. KeyError if not a session."""
+    return _all_session_bounds(market)[day]

@@ -25,6 +25,18 @@ DAILY_PRICES = pl.Schema(
     }
 )
 
+# CONTRACT section 5 columns, plus `trade_date`: the session the bar belongs to (its partition).
+INTRADAY_BARS = pl.Schema(
+    {
+        "symbol": pl.String,
+        "bar_start": pl.Datetime("us", "UTC"),
+        **{c: pl.Float64 for c in PRICE_COLUMNS},
+        "volume": pl.Int64,
+        "trade_date": pl.Date,
+    }
+)
+INTRADAY_BAR_MINUTES = 15
+
 INDICATOR_COLUMNS = (
     "sma_20",
     "ema_20",

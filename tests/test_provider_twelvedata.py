@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from marketpipe_assets.schemas import DAILY_PRICES
+from marketpipe_assets.schemas import DAILY_PRICES, INTRADAY_BARS
 from resources.market_data import MarketDataResource
 from resources.providers import breaker, limiter, twelvedata
 from resources.providers.errors import Unauthorized
@@ -182,13 +182,30 @@ def test_intraday_bars_are_stamped_in_utc(fake):
     fake.ignore_order = True
     # One session in winter (UTC-5), one in summer (UTC-4).
     for day in (dt.date(2026, 1, 6), dt.date(2026, 7, 7)):
-        bars = asyncio.run(source.intraday_bars("BBA", day))
+        bars = asyncio.run(source.session_intraday_bars("BBA", day))
         assert_frame_equal(bars, fake.intraday_truth("BBA", day))
         offset = 5 if day.month == 1 else 4
         assert bars["bar_start"][0] == dt.datetime(
             day.year, day.month, day.day, 9 + offset, 30, tzinfo=dt.UTC
         )
     assert {r.query["interval"] for r in fake.requests} == {"15min"}
+
+
+def test_intraday_bars_asset_stores_the_vendors_bars(fake, lake, instance, market_data):
+    """us/intraday_bars from Twelve Data: the source's intraday_bars, validated and stored."""
+    day = dt.date(2026, 1, 6)
+    with_universe(lake, instance, market_data)
+    result = run(lake, instance, market_data, ("intraday_bars",), partition_key=day.isoformat())
+    assert result.success
+    assert all(e.passed for e in checks(result).values())
+    bars = lake.read_partitions("intraday_bars", "us", INTRADAY_BARS, first=day, last=day)
+    truth = pl.concat([fake.intraday_truth(s, day) for s in SYMBOLS])
+    assert_frame_equal(
+        bars.drop("trade_date").sort("symbol", "bar_start"),
+        truth.sort("symbol", "bar_start"),
+        check_dtypes=False,
+    )
+    assert bars.schema == INTRADAY_BARS
 
 
 def test_a_partial_bar_of_an_unclosed_session_is_not_stored(fake):

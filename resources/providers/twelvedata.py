@@ -24,8 +24,17 @@ from typing import Any, ClassVar
 import polars as pl
 
 from marketpipe_assets.schemas import DAILY_PRICES, PRICE_COLUMNS
+from marketpipe_assets.schemas import INTRADAY_BARS as SESSION_INTRADAY_BARS
 
-from .base import OneMarketDailyBars, bars_by_date, fetch_each, no_listing, rate_limit, required_env
+from .base import (
+    OneMarketDailyBars,
+    bars_by_date,
+    fetch_each,
+    no_listing,
+    rate_limit,
+    required_env,
+    run_sync,
+)
 from .errors import BadRequest, NotFound, ProviderError, RateLimited, Unauthorized
 from .http import ProviderHttp, RetryPolicy
 from .values import US_CLOSE, parse_number
@@ -194,7 +203,7 @@ class TwelveDataSource(OneMarketDailyBars):
             log.warning("twelvedata: no daily bars for %d symbol(s): %s", len(missing), missing)
         return bars_by_date(frames)
 
-    async def intraday_bars(
+    async def session_intraday_bars(
         self, symbol: str, session: dt.date, *, http: ProviderHttp | None = None
     ) -> pl.DataFrame:
         """15-minute bars of one session, `bar_start` in UTC (CONTRACT section 5).
@@ -204,7 +213,7 @@ class TwelveDataSource(OneMarketDailyBars):
         """
         if http is None:
             async with self.http() as own:
-                return await self.intraday_bars(symbol, session, http=own)
+                return await self.session_intraday_bars(symbol, session, http=own)
         values, zone = await self._time_series(
             http,
             symbol,
@@ -222,6 +231,33 @@ class TwelveDataSource(OneMarketDailyBars):
             .select(pl.col(c).cast(t) for c, t in INTRADAY_BARS.items())
             .sort("bar_start")
         )
+
+    def intraday_bars(
+        self, market: str, sessions: Sequence[dt.date], symbols: Sequence[str]
+    ) -> pl.DataFrame:
+        """Source.intraday_bars: one call per (symbol, session), `trade_date` the session."""
+        self._check_market(market)
+        days = sorted(set(sessions))
+        if not days or not symbols:
+            return pl.DataFrame(schema=SESSION_INTRADAY_BARS)
+        return run_sync(self._intraday(days, symbols))
+
+    async def _intraday(self, days: list[dt.date], symbols: Sequence[str]) -> pl.DataFrame:
+        async with self.http() as http:
+
+            async def fetch(symbol: str) -> pl.DataFrame:
+                frames = [
+                    (await self.session_intraday_bars(symbol, day, http=http)).with_columns(
+                        trade_date=pl.lit(day, pl.Date)
+                    )
+                    for day in days
+                ]
+                return pl.concat(frames)
+
+            frames, missing = await fetch_each(symbols, fetch, concurrency=self.requests)
+        if missing:
+            log.warning("twelvedata: no intraday bars for %d symbol(s): %s", len(missing), missing)
+        return pl.concat([pl.DataFrame(schema=SESSION_INTRADAY_BARS), *frames])
 
     def universe(self, market: str) -> pl.DataFrame:
         self._check_market(market)

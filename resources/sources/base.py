@@ -38,6 +38,18 @@ class Source(Protocol):
         ...
 
 
+def intraday_bars(
+    source, market: str, sessions: Sequence[dt.date], symbols: Sequence[str]
+) -> pl.DataFrame:
+    """The source's 15-minute bars (the intraday_bars schema, `trade_date` the session), for the
+    sources that have them (an optional method); any other source is unavailable, so a chain
+    moves on to the next."""
+    method = getattr(source, "intraday_bars", None)
+    if method is None:
+        raise SourceUnavailable(f"the {source.name} source has no intraday bars")
+    return method(market, sessions, symbols)
+
+
 class FallbackSource:
     """Tries each source in order; moves to the next when one is unavailable.
 
@@ -73,3 +85,8 @@ class FallbackSource:
         self, market: str, sessions: Sequence[dt.date], symbols: Sequence[str]
     ) -> pl.DataFrame:
         return self._first_available(lambda s: s.daily_bars(market, sessions, symbols))
+
+    def intraday_bars(
+        self, market: str, sessions: Sequence[dt.date], symbols: Sequence[str]
+    ) -> pl.DataFrame:
+        return self._first_available(lambda s: intraday_bars(s, market, sessions, symbols))

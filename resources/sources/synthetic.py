@@ -18,12 +18,20 @@ import polars as pl
 from scipy.signal import lfilter
 
 from marketpipe_assets import markets
-from marketpipe_assets.schemas import DAILY_PRICES, UNIVERSE
+from marketpipe_assets.schemas import (
+    DAILY_PRICES,
+    INTRADAY_BAR_MINUTES,
+    INTRADAY_BARS,
+    UNIVERSE,
+)
 
 EPOCH = dt.date(2010, 1, 1)
 _MARKET_IDS = {"krx": 1, "us": 2}
 # Hash streams: each kind of draw has its own so adding one never shifts another.
 _RET, _GAP_HIGH, _LOW_VOL, _MISS_BAD, _P0, _SIGMA, _VBASE, _LIST, _DELIST = range(9)
+# Intraday streams, after the daily ones so those never shift.
+_BAR_RET, _BAR_WICK, _BAR_MISS_BAD, _BAR_OUTSIDE = range(9, 13)
+_MAX_SLOTS = 128  # slot keys: session position * _MAX_SLOTS + slot
 _PRICE_BAND = {"krx": (2_000.0, 400_000.0), "us": (8.0, 400.0)}
 _VOLUME_BAND = {"krx": (20_000.0, 5_000_000.0), "us": (200_000.0, 20_000_000.0)}
 _REVERSION = 0.998  # AR(1) coefficient of log price around its start: long-run sd ~ 16 sigma
@@ -220,3 +228,83 @@ class SyntheticSource:
         )
         frame = pl.concat([frame, frame.filter(defect("duplicate"))])
         return frame.drop("bad_u")
+
+    def intraday_bars(
+        self, market: str, sessions: Sequence[dt.date], symbols: Sequence[str]
+    ) -> pl.DataFrame:
+        """15-minute bars inside each session's hours (half days have fewer), walking from the
+        daily bar's open to its close; a pure function of (seed, market, symbol, session, slot).
+
+        Knobs as for daily bars: a (symbol, session) missing from daily bars has no intraday bars,
+        single bars go missing at `missing_rate`, and a `bad_row_rate` share of bars is broken
+        in the daily ways plus, as often as each of those, stamped outside the session's hours.
+        """
+        epoch_sessions = self._epoch_sessions(market)
+        position = {d: i for i, d in enumerate(epoch_sessions)}
+        wanted = np.array(
+            sorted(position[d] for d in set(sessions) if d in position), dtype=np.int64
+        )
+        universe = self.universe(market, today=max(sessions, default=EPOCH))
+        universe = universe.filter(pl.col("symbol").is_in(list(symbols)))
+        if not len(wanted) or universe.is_empty():
+            return pl.DataFrame(schema=INTRADAY_BARS)
+        index_of = {_ticker(i, market): i for i in range(self.symbols)}
+        sym_idx = np.array([index_of[x] for x in universe["symbol"]], dtype=np.int64)
+        daily = self._bars(market, sym_idx, wanted)
+        present = self._present(universe, sym_idx, wanted, epoch_sessions, market)
+        decimals = markets.MARKETS[market].price_decimals
+        step = dt.timedelta(minutes=INTRADAY_BAR_MINUTES)
+        frames = []
+        for j, pos in enumerate(wanted):
+            day = epoch_sessions[pos]
+            opens_at, closes_at = markets.session_bounds(market, day)
+            n = max(1, int((closes_at - opens_at) / step))
+            slots = pos * _MAX_SLOTS + np.arange(n, dtype=np.int64)
+            s = self.seed
+            walk = np.cumsum(shocks(uniforms(s, market, _BAR_RET, sym_idx, slots)), axis=1)
+            frac = np.arange(1, n + 1) / n
+            lo, lc = np.log(daily["open"][:, j]), np.log(daily["close"][:, j])
+            sigma = np.abs(lc - lo)[:, None] / np.sqrt(n) + 0.001
+            # A bridge: the last bar closes at the daily close.
+            log_close = (
+                lo[:, None]
+                + frac * (lc - lo)[:, None]
+                + (walk - frac * walk[:, -1:]) * (sigma * 0.5)
+            )
+            close = np.exp(log_close)
+            open_ = np.concatenate([np.exp(lo)[:, None], close[:, :-1]], axis=1)
+            wick_hi, wick_lo = uniform_pair(hashes(s, market, _BAR_WICK, sym_idx, slots))
+            miss_u, bad_u = uniform_pair(hashes(s, market, _BAR_MISS_BAD, sym_idx, slots))
+            out_u = uniforms(s, market, _BAR_OUTSIDE, sym_idx, slots)
+            high = np.maximum(open_, close) * (1 - np.log(wick_hi) * sigma * 0.1)
+            low = np.minimum(open_, close) / (1 - np.log(wick_lo) * sigma * 0.1)
+            volume = daily["volume"][:, j][:, None] / n * np.exp(0.3 * shocks(miss_u))
+            keep = present[:, j][:, None] & (miss_u >= self.missing_rate)
+            sym_pos = np.broadcast_to(np.arange(len(sym_idx))[:, None], keep.shape)[keep]
+            slot = np.broadcast_to(np.arange(n)[None, :], keep.shape)[keep]
+            # Outside the hours: moved by the session's length, so it falls after the close.
+            outside = out_u[keep] < self.bad_row_rate / (len(_BAD_KINDS) + 1)
+            offset = slot * step.total_seconds() + outside * (closes_at - opens_at).total_seconds()
+            starts = np.datetime64(opens_at.replace(tzinfo=None), "us") + (
+                offset * 1_000_000
+            ).astype("timedelta64[us]")
+            frames.append(
+                pl.DataFrame(
+                    {
+                        "symbol": universe["symbol"].gather(sym_pos),
+                        "bar_start": starts,
+                        "open": np.round(open_[keep], decimals),
+                        "high": np.round(high[keep], decimals),
+                        "low": np.round(low[keep], decimals),
+                        "close": np.round(close[keep], decimals),
+                        "volume": np.round(volume[keep]).astype(np.int64),
+                        "trade_date": np.full(int(keep.sum()), np.datetime64(day, "D")),
+                        "bad_u": bad_u[keep],
+                    }
+                ).with_columns(
+                    pl.col("bar_start").dt.replace_time_zone("UTC"),
+                    pl.col("trade_date").cast(pl.Date),
+                )
+            )
+        frame = self._inject_bad_rows(pl.concat(frames))
+        return frame.select(pl.col(c).cast(t) for c, t in INTRADAY_BARS.items())

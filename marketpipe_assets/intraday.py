@@ -1,0 +1,81 @@
+"""15-minute bars per market and session: fetch, standardise, validate, store, quarantine."""
+
+import dagster as dg
+import polars as pl
+
+from checks.intraday_checks import (
+    bar_count_result,
+    bar_counts,
+    intraday_check_specs,
+    intraday_completeness_result,
+    intraday_rules_result,
+    validate_intraday,
+)
+from checks.price_checks import completeness_by_session
+from resources.lake import LakeResource
+from resources.market_data import MarketDataResource
+from resources.sources.base import FallbackSource, intraday_bars
+
+from .markets import partition_dates, partitions_def
+from .metadata import preview
+from .prices import load_universe, provider_pool
+from .schemas import INTRADAY_BARS, conform
+
+
+def standardise_intraday(raw: pl.DataFrame) -> pl.DataFrame:
+    frame = conform(raw, INTRADAY_BARS, what="intraday bars")
+    return frame.with_columns(pl.col(pl.Float64).fill_nan(None))
+
+
+def intraday_bars_asset(market: str) -> dg.AssetsDefinition:
+    key = dg.AssetKey([market, "intraday_bars"])
+
+    @dg.asset(
+        key=key,
+        deps=[dg.AssetKey([market, "universe"])],
+        partitions_def=partitions_def(market),
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        check_specs=intraday_check_specs(key),
+        group_name=market,
+        kinds={"polars", "parquet"},
+        pool=provider_pool(market),
+    )
+    def intraday(
+        context: dg.AssetExecutionContext, lake: LakeResource, market_data: MarketDataResource
+    ):
+        """15-minute OHLCV bars per session (bar_start in UTC, `trade_date` the session); rows
+        breaking a rule go to quarantine with their rules."""
+        sessions = partition_dates(context.partition_keys)
+        universe = load_universe(lake, market)
+        source = market_data.source(market)
+        raw = intraday_bars(source, market, sessions, universe["symbol"].to_list())
+        failures = source.last_failures if isinstance(source, FallbackSource) else []
+        for failure in failures:
+            context.log.warning(f"{failure['source']} could not serve: {failure['reason']}")
+        validated = validate_intraday(standardise_intraday(raw), market, sessions)
+        stored = validated.clean
+        quarantined = validated.quarantined
+        lake.write_partitions("intraday_bars", market, stored, sessions)
+        lake.write_quarantine("intraday_bars", market, quarantined, sessions, undated=max(sessions))
+
+        present = stored.select("symbol", "trade_date").unique()
+        by_session = completeness_by_session(present, universe, sessions)
+        counts = bar_counts(stored, market, sessions)
+        yield dg.MaterializeResult(
+            metadata={
+                "rows": len(stored),
+                "quarantined": len(quarantined),
+                "sessions": len(sessions),
+                "completeness": float(by_session["completeness"].min()),
+                "source_failures": dg.MetadataValue.json(failures),
+                "path": lake.uri(lake.market_dir("intraday_bars", market)),
+                **preview(stored, sessions),
+            },
+            check_results=[
+                intraday_rules_result(stored, validated, market, sessions),
+                intraday_completeness_result(by_session),
+                bar_count_result(counts),
+            ],
+        )
+
+    return intraday
