@@ -12,13 +12,14 @@ from .automation import landing_file_sensor, market_schedule, price_job
 from .indicators import indicators_asset
 from .intraday import intraday_bars_asset
 from .markets import MARKETS
+from .options import option_chains_asset
 from .prices import daily_prices_asset, universe_asset
 
 assets = [
     build(market)
     for market in MARKETS
     for build in (universe_asset, daily_prices_asset, indicators_asset, intraday_bars_asset)
-]
+] + [option_chains_asset()]
 jobs = [price_job(market) for market in MARKETS]
 
 defs = dg.Definitions(

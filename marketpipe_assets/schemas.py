@@ -56,6 +56,28 @@ INDICATORS = pl.Schema(
 )
 
 
+OPTION_CHAINS = pl.Schema(
+    {
+        "quote_date": pl.Date,
+        "underlying": pl.String,
+        "contract_symbol": pl.String,
+        "expiration": pl.Date,
+        "strike": pl.Float64,
+        "option_type": pl.String,  # call | put
+        "bid": pl.Float64,
+        "ask": pl.Float64,
+        "last_price": pl.Float64,
+        "volume": pl.Int64,  # null when the vendor omits it
+        "open_interest": pl.Int64,
+        "implied_volatility": pl.Float64,  # a fraction
+        "underlying_price": pl.Float64,
+        # Derived (marketpipe_assets/greeks.py): theta per calendar day, vega per vol point.
+        **{c: pl.Float64 for c in ("mid", "spread", "days_to_expiry", "moneyness")},
+        **{c: pl.Float64 for c in ("delta", "gamma", "theta", "vega")},
+    }
+)
+
+
 def quarantine_schema(schema: pl.Schema) -> pl.Schema:
     return pl.Schema({**schema, "violations": pl.List(pl.String)})
 

@@ -31,6 +31,7 @@ class MarketDataResource(dg.ConfigurableResource):
     synthetic_seed: int = 0
     synthetic_missing_rate: float = 0.01
     synthetic_bad_row_rate: float = 0.002
+    option_underlyings: str = "SPY,QQQ,AAPL"  # comma list for us/option_chains
 
     @classmethod
     def from_env(cls) -> MarketDataResource:
@@ -56,6 +57,7 @@ class MarketDataResource(dg.ConfigurableResource):
             synthetic_seed=number("MARKETPIPE_SYNTHETIC_SEED", int, 0),
             synthetic_missing_rate=number("MARKETPIPE_SYNTHETIC_MISSING_RATE", float, 0.01),
             synthetic_bad_row_rate=number("MARKETPIPE_SYNTHETIC_BAD_ROW_RATE", float, 0.002),
+            option_underlyings=env.get("MARKETPIPE_OPTION_UNDERLYINGS") or "SPY,QQQ,AAPL",
         )
         # An unknown source name fails when the definitions load, not in the first run.
         for market in MARKETS:
@@ -87,6 +89,9 @@ class MarketDataResource(dg.ConfigurableResource):
                 "or a comma list of them for a fallback chain."
             )
         return names
+
+    def underlyings(self) -> list[str]:
+        return [u.strip().upper() for u in self.option_underlyings.split(",") if u.strip()]
 
     def source(self, market: str) -> Source:
         factories = self._factories()
