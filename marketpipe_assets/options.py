@@ -87,21 +87,6 @@ def derive(raw: pl.DataFrame, rate: float = RISK_FREE_RATE) -> pl.DataFrame:
     return frame.with_columns(pl.col(pl.Float64).fill_nan(None))
 
 
-def write_quarantine(lake: LakeResource, frame: pl.DataFrame, sessions: list[dt.date]) -> None:
-    """Replace these sessions' quarantine files: rows where any, no file where none. Rows
-    without a quote_date are filed, unchanged, under the last session."""
-    dataset = f"quarantine/{DATASET}"
-    when = pl.col("quote_date").fill_null(max(sessions))
-    existing = lake.existing_days(dataset, "us")
-    for day in sessions:
-        rows = frame.filter(when == day)
-        path = lake.partition_file(dataset, "us", day)
-        if len(rows):
-            lake._write_file(rows, path)
-        elif day in existing:
-            lake.fs.rm(path)
-
-
 def option_chains_asset() -> dg.AssetsDefinition:
     key = dg.AssetKey(["us", DATASET])
 
@@ -130,7 +115,8 @@ def option_chains_asset() -> dg.AssetsDefinition:
         stored = validated.clean
         lake.write_partitions(DATASET, "us", stored, sessions, date_column="quote_date")
         quarantined = validated.quarantined.select(quarantine_schema(OPTION_CHAINS).names())
-        write_quarantine(lake, quarantined, sessions)
+        # Replaces exactly these sessions' quarantine files; undated rows go with the last.
+        lake.write_quarantine(DATASET, "us", quarantined, sessions, date_column="quote_date")
         yield dg.MaterializeResult(
             metadata={
                 "rows": len(stored),

@@ -126,14 +126,15 @@ class LakeResource(dg.ConfigurableResource):
         days: Iterable[dt.date],
         *,
         undated: dt.date | None = None,
+        date_column: str = "trade_date",
     ) -> int:
         """Replace the quarantine partitions of `days`: rows where any, no file where none.
 
-        Rows without a trade_date are kept unchanged in the `undated` day's file (default: the
-        last of `days`).
+        Rows without a date are kept unchanged in the `undated` day's file (default: the last
+        of `days`).
         """
         qdataset = f"quarantine/{dataset}"
-        by_day = _split_by_day(frame, "trade_date")
+        by_day = _split_by_day(frame, date_column)
         days = list(days)
         if None in by_day:
             nulls, undated = by_day.pop(None), undated or max(days)
