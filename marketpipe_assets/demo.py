@@ -16,6 +16,8 @@ from .markets import MARKETS, partitions_def
 from .schemas import DAILY_PRICES
 
 SESSIONS = 20
+# The contract's demo: daily prices (with their checks) and indicators.
+DEMO_DATASETS = ("daily_prices", "indicators")
 
 
 def _run(selection, instance, **kwargs) -> dg.ExecuteInProcessResult:
@@ -66,7 +68,7 @@ def main() -> int:
         for market in MARKETS:
             keys = partitions_def(market).get_partition_keys()[-SESSIONS:]
             selection = [
-                a for a in assets if a.key.path[0] == market and a.key.path[1] != "universe"
+                a for a in assets if a.key.path[0] == market and a.key.path[1] in DEMO_DATASETS
             ]
             result = _run(
                 selection, instance, tags={RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]}
