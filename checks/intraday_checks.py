@@ -17,11 +17,10 @@ from marketpipe_assets.markets import session_bounds
 from marketpipe_assets.metadata import markdown_table
 from marketpipe_assets.schemas import INTRADAY_BAR_MINUTES, PRICE_COLUMNS
 
-from .price_checks import completeness_result
+from .price_checks import completeness_result, rules_result
 from .rulebook import (
-    AtLeast,
+    OHLCV_RULES,
     NotNull,
-    PairAtLeast,
     Rule,
     UniqueTogether,
     Validated,
@@ -63,23 +62,7 @@ INTRADAY_BAR_RULES: tuple[Rule, ...] = (
         "symbol, bar_start, session, open, high, low, close and volume are present",
         tuple(NotNull(c) for c in REQUIRED_COLUMNS),
     ),
-    Rule(
-        "positive_prices",
-        "open, high, low and close are > 0",
-        tuple(AtLeast(c, 0, strict=True) for c in PRICE_COLUMNS),
-    ),
-    Rule("high_gte_low", "high >= low", (PairAtLeast("high", "low"),)),
-    Rule(
-        "open_within_range",
-        "low <= open <= high",
-        (PairAtLeast("open", "low"), PairAtLeast("high", "open")),
-    ),
-    Rule(
-        "close_within_range",
-        "low <= close <= high",
-        (PairAtLeast("close", "low"), PairAtLeast("high", "close")),
-    ),
-    Rule("non_negative_volume", "volume >= 0", (AtLeast("volume", 0, strict=False),)),
+    *OHLCV_RULES,
     Rule(
         "within_session_hours",
         "session open <= bar_start < session close (half days close early)",
@@ -153,23 +136,8 @@ def intraday_rules_result(
     stored: pl.DataFrame, validated: Validated, market: str, sessions: list[dt.date]
 ) -> dg.AssetCheckResult:
     """Re-validates what is being stored: passes when no stored row breaks a rule."""
-    leaks = validate_intraday(stored, market, sessions).violation_counts
-    broken = {rule: n for rule, n in leaks.items() if n}
-    return dg.AssetCheckResult(
-        check_name=INTRADAY_PRICE_RULES_CHECK,
-        passed=not broken,
-        description=(
-            f"stored rows breaking rules: {broken}"
-            if broken
-            else f"all {len(stored)} stored rows pass; {len(validated.quarantined)} quarantined"
-        ),
-        metadata={
-            "stored_rows": len(stored),
-            "quarantined_rows": len(validated.quarantined),
-            "quarantined_by_rule": validated.violation_counts,
-            "stored_rows_breaking_rules": broken,
-        },
-    )
+    revalidated = validate_intraday(stored, market, sessions)
+    return rules_result(INTRADAY_PRICE_RULES_CHECK, stored, revalidated, validated)
 
 
 def intraday_completeness_result(by_session: pl.DataFrame) -> dg.AssetCheckResult:

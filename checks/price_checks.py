@@ -52,10 +52,16 @@ def daily_price_check_specs(asset_key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
 
 def price_relationships_result(stored: pl.DataFrame, validated: Validated) -> dg.AssetCheckResult:
     """Re-validates what is being stored: passes when no stored row breaks a rule."""
-    leaks = validate(stored).violation_counts
-    broken = {rule: n for rule, n in leaks.items() if n}
+    return rules_result(PRICE_RELATIONSHIPS, stored, validate(stored), validated)
+
+
+def rules_result(
+    check_name: str, stored: pl.DataFrame, revalidated: Validated, validated: Validated
+) -> dg.AssetCheckResult:
+    """Passes when re-validating the stored rows finds no rule broken; reports the quarantine."""
+    broken = {rule: n for rule, n in revalidated.violation_counts.items() if n}
     return dg.AssetCheckResult(
-        check_name=PRICE_RELATIONSHIPS,
+        check_name=check_name,
         passed=not broken,
         description=(
             f"stored rows breaking rules: {broken}"

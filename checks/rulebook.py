@@ -102,12 +102,8 @@ class Rule:
 
 REQUIRED_COLUMNS = ("symbol", "trade_date", *PRICE_COLUMNS, "volume")
 
-DAILY_PRICE_RULES: tuple[Rule, ...] = (
-    Rule(
-        "required_fields",
-        "symbol, trade_date, open, high, low, close and volume are present",
-        tuple(NotNull(c) for c in REQUIRED_COLUMNS),
-    ),
+# The rules every OHLCV bar obeys, daily or intraday.
+OHLCV_RULES: tuple[Rule, ...] = (
     Rule(
         "positive_prices",
         "open, high, low and close are > 0",
@@ -125,6 +121,15 @@ DAILY_PRICE_RULES: tuple[Rule, ...] = (
         (PairAtLeast("close", "low"), PairAtLeast("high", "close")),
     ),
     Rule("non_negative_volume", "volume >= 0", (AtLeast("volume", 0, strict=False),)),
+)
+
+DAILY_PRICE_RULES: tuple[Rule, ...] = (
+    Rule(
+        "required_fields",
+        "symbol, trade_date, open, high, low, close and volume are present",
+        tuple(NotNull(c) for c in REQUIRED_COLUMNS),
+    ),
+    *OHLCV_RULES,
     Rule(
         "unique_symbol_date",
         "one bar per (symbol, trade_date)",
