@@ -1,10 +1,14 @@
 """us/option_chains: fetch every configured underlying's chain, derive greeks, validate, store."""
 
 import datetime as dt
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
 import dagster as dg
+import numpy as np
 import polars as pl
 
 from checks.option_rules import (
@@ -25,13 +29,14 @@ from resources.sources.base import FallbackSource, Source, SourceUnavailable
 from resources.sources.synthetic import SyntheticSource
 from resources.sources.synthetic_options import option_chains
 
-from .greeks import DAYS_PER_YEAR, RISK_FREE_RATE, black_scholes
-from .markets import MARKETS, partition_dates, partitions_def
+from .greeks import DAYS_PER_YEAR, RISK_FREE_RATE, black_scholes, implied_volatility
+from .markets import MARKETS, is_session, partition_dates, partitions_def, previous_session
 from .metadata import preview
 from .prices import provider_pool
 from .schemas import OPTION_CHAINS, conform, quarantine_schema
 
 DATASET = "option_chains"
+log = logging.getLogger(__name__)
 
 
 class OptionChainConfig(dg.Config):
@@ -39,6 +44,14 @@ class OptionChainConfig(dg.Config):
     iv_min: float = IV_RANGE[0]  # exclusive
     iv_max: float = IV_RANGE[1]  # inclusive
     parity_tolerance: float = PARITY_TOLERANCE
+
+
+def live_session(now: dt.datetime | None = None) -> dt.date:
+    """The session a live provider's chain belongs to: today's in New York when today is a
+    session, else the latest one before (on a weekend or holiday Yahoo still serves the last
+    session's closing quotes)."""
+    today = (now or dt.datetime.now(ZoneInfo(MARKETS["us"].timezone))).date()
+    return today if is_session("us", today) else previous_session("us", today)
 
 
 def fetch(source: Source, underlyings: Sequence[str], sessions: list[dt.date]) -> pl.DataFrame:
@@ -50,41 +63,118 @@ def fetch(source: Source, underlyings: Sequence[str], sessions: list[dt.date]) -
         return option_chains(source.seed, underlyings, sessions)
     if not hasattr(source, "option_chain"):
         raise SourceUnavailable(f"{source.name} serves no option chains")
-    today = dt.datetime.now(ZoneInfo(MARKETS["us"].timezone)).date()
-    if any(day != today for day in sessions):
+    live = live_session()
+    if any(day != live for day in sessions):
         raise SourceUnavailable(
-            f"{source.name} serves only today's option chains ({today}); it cannot backfill "
-            f"{min(sessions)}..{max(sessions)}: use the synthetic source for past sessions"
+            f"{source.name} serves only the latest session's option chains ({live}); it cannot "
+            f"backfill {min(sessions)}..{max(sessions)}: use the synthetic source for past sessions"
         )
-    frames = []
+    frames, missing = [], []
     for symbol in underlyings:
         try:
-            frames.append(run_sync(source.option_chain(symbol, today)))
-        except NotFound:
-            continue
+            frames.append(run_sync(source.option_chain(symbol, live)))
+        except NotFound as exc:
+            missing.append(f"{symbol} ({exc})")
+    if missing:  # the completeness check fails on them; the other underlyings are stored
+        log.warning("%s options: no chain for %s", source.name, "; ".join(missing))
     return pl.concat(frames) if frames else pl.DataFrame(schema=list(OPTION_CHAINS)[:13])
 
 
-def derive(raw: pl.DataFrame, rate: float = RISK_FREE_RATE) -> pl.DataFrame:
+def fill_implied_volatility(
+    frame: pl.DataFrame, rate: float, iv_range: tuple[float, float]
+) -> tuple[pl.DataFrame, dict[str, int]]:
+    """Keep the vendor's implied volatility where it lies in the rule's range; elsewhere (absent,
+    0, absurd) solve it from the mid of a two-sided quote (0 < bid <= ask) and use it when it
+    lies in the range. Otherwise the vendor's value stays as sent, so the rules quarantine the
+    row with what the vendor said. Counts: vendor (kept), solved (replaced), unsolved."""
+    low, high = iv_range
+    iv = pl.col("implied_volatility").fill_nan(None)
+    rows = frame.select(((iv > low) & (iv <= high)).fill_null(False).not_().arg_true()).to_series()
+    todo = frame[rows]
+    two_sided = (pl.col("bid") > 0) & (pl.col("ask") >= pl.col("bid"))
+    solved = implied_volatility(
+        todo.select(pl.when(two_sided).then(pl.col("mid"))).to_series().to_numpy(),
+        todo["underlying_price"].to_numpy(),
+        todo["strike"].to_numpy(),
+        todo["days_to_expiry"].to_numpy() / DAYS_PER_YEAR,
+        (todo["option_type"] == "call").fill_null(False).to_numpy(),
+        rate,
+    )
+    with np.errstate(invalid="ignore"):
+        take = (solved > low) & (solved <= high)  # NaN (no solution) compares False
+    values = frame["implied_volatility"].to_numpy().astype(np.float64)  # a copy; null -> NaN
+    values[rows.to_numpy()[take]] = solved[take]
+    frame = frame.with_columns(implied_volatility=pl.Series(values).fill_nan(None))
+    n_solved = int(take.sum())
+    return frame, {"vendor": len(frame) - len(rows), "solved": n_solved,
+                   "unsolved": len(rows) - n_solved}  # fmt: skip
+
+
+def derive(
+    raw: pl.DataFrame, rate: float = RISK_FREE_RATE, iv_range: tuple[float, float] = IV_RANGE
+) -> tuple[pl.DataFrame, dict[str, int]]:
     """The contract's columns: vendor columns plus mid, spread, days to expiry, moneyness
-    (strike / underlying) and greeks (theta per calendar day, vega per vol point)."""
+    (strike / underlying), the implied volatility (fill_implied_volatility) and greeks from it
+    (theta per calendar day, vega per vol point); and how many IVs were vendor's / solved."""
     frame = raw.with_columns(
         mid=(pl.col("bid") + pl.col("ask")) / 2,
         spread=pl.col("ask") - pl.col("bid"),
         days_to_expiry=(pl.col("expiration") - pl.col("quote_date")).dt.total_days(),
         moneyness=pl.col("strike") / pl.col("underlying_price"),
-    )
+    ).with_columns(pl.col("days_to_expiry").cast(pl.Float64))
+    frame, iv_counts = fill_implied_volatility(frame, rate, iv_range)
     greeks = black_scholes(
         frame["underlying_price"].to_numpy(),
         frame["strike"].to_numpy(),
-        frame["days_to_expiry"].cast(pl.Float64).to_numpy() / DAYS_PER_YEAR,
+        frame["days_to_expiry"].to_numpy() / DAYS_PER_YEAR,
         frame["implied_volatility"].to_numpy(),
         (frame["option_type"] == "call").fill_null(False).to_numpy(),
         rate,
     )
     frame = frame.with_columns(pl.Series(n, greeks[n]) for n in ("delta", "gamma", "theta", "vega"))
     frame = conform(frame, OPTION_CHAINS, what="option chains")
-    return frame.with_columns(pl.col(pl.Float64).fill_nan(None))
+    return frame.with_columns(pl.col(pl.Float64).fill_nan(None)), iv_counts
+
+
+@dataclass(frozen=True)
+class Stored:
+    stored: pl.DataFrame
+    quarantined: pl.DataFrame
+    iv_counts: dict[str, int]
+    check_results: list[dg.AssetCheckResult]
+
+
+Stage = Callable[[str], AbstractContextManager]
+
+
+def store_chains(
+    lake: LakeResource,
+    raw: pl.DataFrame,
+    underlyings: Sequence[str],
+    sessions: list[dt.date],
+    config: OptionChainConfig,
+    stage: Stage = lambda name: nullcontext(),
+) -> Stored:
+    """Derive, validate, write stored and quarantined rows of `sessions`, and the checks'
+    results: the asset's data work (the bench times it by `stage`)."""
+    iv_range = (config.iv_min, config.iv_max)
+    rules = option_rules(iv_range)
+    with stage("derive"):
+        frame, iv_counts = derive(raw, config.risk_free_rate, iv_range)
+    with stage("validate"):
+        validated = validate(frame, rules)
+        quarantined = validated.quarantined.select(quarantine_schema(OPTION_CHAINS).names())
+    with stage("write"):
+        lake.write_partitions(DATASET, "us", validated.clean, sessions, date_column="quote_date")
+        # Replaces exactly these sessions' quarantine files; undated rows go with the last.
+        lake.write_quarantine(DATASET, "us", quarantined, sessions, date_column="quote_date")
+    with stage("checks"):
+        results = [
+            rules_result(validated.clean, validated, rules),
+            completeness_result(validated.clean, underlyings, sessions),
+            parity_result(validated.clean, config.risk_free_rate, config.parity_tolerance),
+        ]
+    return Stored(validated.clean, quarantined, iv_counts, results)
 
 
 def option_chains_asset() -> dg.AssetsDefinition:
@@ -106,32 +196,36 @@ def option_chains_asset() -> dg.AssetsDefinition:
         market_data: MarketDataResource,
     ):
         """Chains of MARKETPIPE_OPTION_UNDERLYINGS, every expiration within 90 days, with greeks;
-        rows breaking a rule go to quarantine with their rules."""
+        implied volatility solved from the mid where the vendor's is absent or absurd; rows
+        breaking a rule go to quarantine with their rules."""
         sessions = partition_dates(context.partition_keys)
         underlyings = market_data.underlyings()
-        rules = option_rules((config.iv_min, config.iv_max))
-        raw = fetch(market_data.source("us"), underlyings, sessions)
-        validated = validate(derive(raw, config.risk_free_rate), rules)
-        stored = validated.clean
-        lake.write_partitions(DATASET, "us", stored, sessions, date_column="quote_date")
-        quarantined = validated.quarantined.select(quarantine_schema(OPTION_CHAINS).names())
-        # Replaces exactly these sessions' quarantine files; undated rows go with the last.
-        lake.write_quarantine(DATASET, "us", quarantined, sessions, date_column="quote_date")
+        source = market_data.source("us")
+        raw = fetch(source, underlyings, sessions)
+        # Which sources of a chain were tried and why they could not serve (never a secret).
+        failures = source.last_failures if isinstance(source, FallbackSource) else []
+        for failure in failures:
+            context.log.warning(f"{failure['source']} could not serve: {failure['reason']}")
+        served_by = source.sources[len(failures)].name if failures else source.name
+        done = store_chains(lake, raw, underlyings, sessions, config)
         yield dg.MaterializeResult(
             metadata={
-                "rows": len(stored),
-                "quarantined": len(quarantined),
+                "rows": len(done.stored),
+                "quarantined": len(done.quarantined),
                 "underlyings": len(underlyings),
                 "sessions": len(sessions),
-                "volume_missing": stored["volume"].null_count(),
+                "source": served_by,
+                "source_failures": dg.MetadataValue.json(failures),
+                "volume_missing": done.stored["volume"].null_count(),
+                # Of all fetched contracts: IVs kept as the vendor sent them, solved from the mid
+                # (vendor's absent, 0 or out of range), and neither (quarantined by the rules).
+                "iv_vendor": done.iv_counts["vendor"],
+                "iv_solved": done.iv_counts["solved"],
+                "iv_unsolved": done.iv_counts["unsolved"],
                 "path": lake.uri(lake.market_dir(DATASET, "us")),
-                **preview(stored, sessions),
+                **preview(done.stored, sessions),
             },
-            check_results=[
-                rules_result(stored, validated, rules),
-                completeness_result(stored, underlyings, sessions),
-                parity_result(stored, config.risk_free_rate, config.parity_tolerance),
-            ],
+            check_results=done.check_results,
         )
 
     return option_chains_

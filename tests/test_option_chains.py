@@ -60,7 +60,7 @@ def test_greeks_are_null_where_they_cannot_be_priced():
 
 
 def chain(*defects):
-    return derive(option_chains(0, UNDERLYINGS, [SESSION], defects))
+    return derive(option_chains(0, UNDERLYINGS, [SESSION], defects))[0]
 
 
 def test_synthetic_chain_shape_and_determinism():
@@ -109,6 +109,42 @@ def test_each_rule_quarantines_its_defect(defect, rule):
     assert {r for r, n in validated.violation_counts.items() if n} == {rule}
     assert validated.quarantined["violations"].to_list() == [[rule]] * len(validated.quarantined)
     assert len(validated.clean) + len(validated.quarantined) == len(chain(defect))
+
+
+def test_absurd_vendor_iv_with_a_sane_quote_is_solved_from_the_mid():
+    """The vendor's IV is absent, 0 or out of range but the quote is sound: the IV solved from
+    the mid replaces it and the row is stored; an absurd quote (the defect) stays quarantined."""
+    raw = option_chains(0, UNDERLYINGS, [SESSION])
+    # Three near-the-money contracts of the longest expiry: quotes with a time value to solve.
+    picked = (
+        raw.with_row_index()
+        .filter(
+            pl.col("expiration") == pl.col("expiration").max(),
+            (pl.col("strike") / pl.col("underlying_price") - 1).abs() < 0.05,
+        )["index"]
+        .head(3)
+        .to_list()
+    )
+    row = pl.int_range(pl.len())
+    spoiled = raw.with_columns(
+        implied_volatility=pl.when(row == picked[0])
+        .then(None)
+        .when(row == picked[1])
+        .then(0.0)
+        .when(row == picked[2])
+        .then(7.5)
+        .otherwise(pl.col("implied_volatility"))
+    )
+    frame, counts = derive(spoiled)
+    assert counts == {"vendor": len(raw) - 3, "solved": 3, "unsolved": 0}
+    assert validate(frame, OPTION_RULES).quarantined.is_empty()
+    # The synthetic quote is the Black-Scholes price of the vendor's IV rounded to cents, so
+    # the solved IV is close to it, not equal.
+    solved = frame["implied_volatility"].gather(picked).to_numpy()
+    assert np.abs(solved - raw["implied_volatility"].gather(picked).to_numpy()).max() < 0.01
+    assert frame["delta"].gather(picked).null_count() == 0
+    _, defect_counts = derive(option_chains(0, UNDERLYINGS, [SESSION], ["iv_out_of_range"]))
+    assert defect_counts["unsolved"] == 1
 
 
 def test_iv_range_is_configurable():

@@ -123,12 +123,26 @@ def option_chains(
 _ROW = {name: 2 * i for i, name in enumerate(DEFECTS)}
 
 
+# An absurd implied volatility (yfinance#2937: 500-2000 % on stale deep quotes): the vendor's IV
+# and the quote agree on it, so solving the IV from the mid cannot repair the row.
+ABSURD_IV = 7.5
+
+
 def _inject(frame: pl.DataFrame, defects: set[str]) -> pl.DataFrame:
     row = pl.int_range(pl.len())
 
     def at(name: str) -> pl.Expr:
         return (row == _ROW[name]) & pl.lit(name in defects)
 
+    years = (frame["expiration"] - frame["quote_date"]).dt.total_days().to_numpy() / DAYS_PER_YEAR
+    absurd = black_scholes(
+        frame["underlying_price"].to_numpy(),
+        frame["strike"].to_numpy(),
+        years,
+        ABSURD_IV,
+        (frame["option_type"] == "call").to_numpy(),
+    )["price"]
+    absurd = pl.Series(np.round(absurd, 2))
     frame = frame.with_columns(
         bid=pl.when(at("bid_above_ask"))
         .then(pl.col("ask") + 0.5)
@@ -136,14 +150,20 @@ def _inject(frame: pl.DataFrame, defects: set[str]) -> pl.DataFrame:
         .then(-0.05)
         .when(at("parity_break"))  # the whole quote moves: mid off parity, spread unchanged
         .then(pl.col("bid") + 3.0)
+        .when(at("iv_out_of_range"))
+        .then(pl.lit(absurd) - 0.05)
         .otherwise(pl.col("bid")),
-        ask=pl.when(at("parity_break")).then(pl.col("ask") + 3.0).otherwise(pl.col("ask")),
+        ask=pl.when(at("parity_break"))
+        .then(pl.col("ask") + 3.0)
+        .when(at("iv_out_of_range"))
+        .then(pl.lit(absurd) + 0.05)
+        .otherwise(pl.col("ask")),
         strike=pl.when(at("zero_strike")).then(0.0).otherwise(pl.col("strike")),
         expiration=pl.when(at("expired"))
         .then(pl.col("quote_date") - pl.duration(days=1))
         .otherwise(pl.col("expiration")),
         implied_volatility=pl.when(at("iv_out_of_range"))
-        .then(7.5)
+        .then(ABSURD_IV)
         .otherwise(pl.col("implied_volatility")),
         underlying_price=pl.when(at("missing_field"))
         .then(None)
