@@ -67,9 +67,10 @@ def implied_volatility(
     the bracket, or a vanishing vega, is replaced by bisection. Every iteration works on the
     still-unconverged rows at once.
     """
-    p, s, k, t = np.broadcast_arrays(*(np.asarray(x, dtype=np.float64) for x in
-                                       (price, spot, strike, years)))  # fmt: skip
-    call = np.broadcast_to(np.asarray(is_call, dtype=bool), p.shape)
+    inputs = (np.asarray(x, dtype=np.float64) for x in (price, spot, strike, years))
+    *arrays, call = np.broadcast_arrays(*inputs, np.asarray(is_call, dtype=bool))
+    shape = call.shape
+    p, s, k, t, call = (a.ravel() for a in (*arrays, call))
     sigma = np.full(p.shape, np.nan)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         discount = k * np.exp(-rate * t)
@@ -80,11 +81,10 @@ def implied_volatility(
         upper = np.where(otm_call, s, discount)
         valid = (t > 0) & (s > 0) & (k > 0) & (otm_price > 0) & (otm_price < upper)
     rows = np.flatnonzero(valid)
-    if rows.size == 0:
-        return sigma
-    solved = _newton_bisection(otm_price[rows], s[rows], k[rows], t[rows], otm_call[rows], rate)
-    sigma[rows] = solved
-    return sigma
+    sigma[rows] = _newton_bisection(
+        otm_price[rows], s[rows], k[rows], t[rows], otm_call[rows], rate
+    )
+    return sigma.reshape(shape)
 
 
 def _otm_price_vega(s, k, t, v, is_call, rate):
