@@ -5,7 +5,10 @@ parameters and the KIS headers), fetch the raw payload through the shared HTTP l
 retries, circuit breaker), transform it into the standard frame.
 
 Daily bars come from inquire-daily-itemchartprice, at most ~100 rows per call, newest first: a
-range is read backwards, one earlier date window per call, until it is covered. Access tokens
+range is read backwards, one earlier date window per call, until it is covered. Intraday bars are
+KIS's 1-minute bars of each session (today's from inquire-time-itemchartprice, 30 per call; an
+earlier day's from inquire-time-dailychartprice, 120 per call; both newest first, read backwards
+one FID_INPUT_HOUR_1 cursor per call) aggregated to the session's 15-minute grid. Access tokens
 (OAuth client credentials) live 24 h and KIS issues at most one per minute per key, so a token is
 cached in memory and in a 0600 file that every process using the same key shares; it is renewed
 5 minutes before expiry or when KIS answers that it expired (EGW00123). kis_token.py does that.
@@ -18,7 +21,7 @@ import contextlib
 import datetime as dt
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +29,11 @@ from typing import Any
 import httpx
 import polars as pl
 
-from resources.sources.base import ConfigurationError
+from checks.intraday_checks import SESSION_CLOSE, SESSION_OPEN, session_table
+from checks.rulebook import OHLCV_RULES
+from marketpipe_assets.markets import session_bounds
+from marketpipe_assets.schemas import INTRADAY_BAR_MINUTES, INTRADAY_BARS, PRICE_COLUMNS
+from resources.sources.base import ConfigurationError, SourceUnavailable
 
 from .base import (
     OneMarketDailyBars,
@@ -35,6 +42,7 @@ from .base import (
     no_listing,
     rate_limit,
     required_env,
+    run_sync,
 )
 from .errors import (
     BadRequest,
@@ -72,6 +80,13 @@ PRICE_PATH = f"{_QUOTATIONS}/inquire-price"
 BOOK_PATH = f"{_QUOTATIONS}/inquire-asking-price-exp-ccn"
 DAILY_TR_ID, PRICE_TR_ID, BOOK_TR_ID = "FHKST03010100", "FHKST01010100", "FHKST01010200"
 PAGE_ROWS = 100  # the most rows one daily-chart call returns
+MINUTE_TODAY_PATH = f"{_QUOTATIONS}/inquire-time-itemchartprice"  # today's session only
+MINUTE_DAY_PATH = f"{_QUOTATIONS}/inquire-time-dailychartprice"  # one earlier day per call
+MINUTE_TR_IDS = {MINUTE_TODAY_PATH: "FHKST03010200", MINUTE_DAY_PATH: "FHKST03010230"}
+MINUTE_PAGE_ROWS = {MINUTE_TODAY_PATH: 30, MINUTE_DAY_PATH: 120}  # the most rows per call
+# KIS keeps "at most one year" of minute bars for the per-day chart: older sessions fail before
+# any request instead of coming back empty (which would look like a market without trades).
+MINUTE_RETENTION_DAYS = 365
 # Requests handed to the connection pool at once, and its size: KIS's own 20 req/s. httpcore's
 # pool upkeep costs CPU quadratic in the connections per request (bench: ~3.5 ms per request at
 # 16, ~6 ms at 32, ~8 ms at 64), while 20 connections carry well over 100 req/s of ~50 ms replies.
@@ -112,6 +127,19 @@ _RAW_FIELDS = {  # daily_prices column -> output2 key
     "volume": "acml_vol",
 }
 _RAW = pl.Schema({"symbol": pl.String, **{c: pl.String for c in _RAW_FIELDS}})
+_MINUTE_FIELDS = {  # raw minute column -> output2 key of both minute charts
+    "date": "stck_bsop_date",
+    "hour": "stck_cntg_hour",  # HHMMSS in Seoul, the minute's start
+    "open": "stck_oprc",
+    "high": "stck_hgpr",
+    "low": "stck_lwpr",
+    "close": "stck_prpr",  # a minute bar's close is its last price
+    "volume": "cntg_vol",  # the minute's own volume (acml_vol would be the day's running total)
+}
+RAW_MINUTES = pl.Schema(
+    {"symbol": pl.String, "trade_date": pl.Date, **{c: pl.String for c in _MINUTE_FIELDS}}
+)
+_OHLCV = (*PRICE_COLUMNS, "volume")
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +155,11 @@ class CurrentPrice:
     low: float | None
     volume: int | None
     fetched_at: dt.datetime
+
+
+class MinuteHistoryUnavailable(SourceUnavailable):
+    """A session older than the minute history KIS keeps: no request can serve it, so a fallback
+    chain moves on to its next source and a run with KIS alone fails with this message."""
 
 
 def classify(payload: Any, response: httpx.Response) -> None:
@@ -191,8 +224,12 @@ class KisSource(OneMarketDailyBars):
         cache_dir: str | Path | None = None,
         token_interval: float = TOKEN_INTERVAL,
         refresh_margin: float = REFRESH_MARGIN,
+        minute_retention_days: int = MINUTE_RETENTION_DAYS,
+        now: Callable[[], dt.datetime] | None = None,
     ):
         self._app_key, self._app_secret = app_key, app_secret
+        self.minute_retention_days = minute_retention_days
+        self.now = now or (lambda: dt.datetime.now(dt.UTC))
         self.base_url, self.ws_url = base_url.rstrip("/"), ws_url
         self.adjusted, self.retry, self.timeout = adjusted, retry, timeout
         # As many requests in flight as the limit allows, each with its own pooled connection
@@ -214,6 +251,32 @@ class KisSource(OneMarketDailyBars):
     def universe(self, market: str) -> pl.DataFrame:
         hint = "; or put `krx` before `kis` in MARKETPIPE_KRX_SOURCE (e.g. krx,kis)"
         raise no_listing(NAME, MARKET, hint)
+
+    def intraday_bars(
+        self, market: str, sessions: Sequence[dt.date], symbols: Sequence[str]
+    ) -> pl.DataFrame:
+        """Source.intraday_bars: each (symbol, session)'s 1-minute bars as 15-minute bars on the
+        session's grid (aggregate_minutes), `trade_date` the session.
+
+        A session older than KIS's minute history fails before any request
+        (MinuteHistoryUnavailable); a session still open yields only its bars already over.
+        """
+        self._check_market(market)
+        days = sorted(set(sessions))
+        symbols = list(dict.fromkeys(symbols))
+        if not days or not symbols:
+            return pl.DataFrame(schema=INTRADAY_BARS)
+        now = self.now()
+        oldest = now.astimezone(KST).date() - dt.timedelta(days=self.minute_retention_days)
+        if days[0] < oldest:
+            others = f" and {len(symbols) - 1} more symbol(s)" if len(symbols) > 1 else ""
+            raise MinuteHistoryUnavailable(
+                f"{NAME} {MINUTE_DAY_PATH} [{symbols[0]}{others}]: no 1-minute bars for "
+                f"{days[0]}: KIS keeps about {self.minute_retention_days} days of minute history "
+                f"(the oldest day it can serve now is {oldest}); take intraday_bars before that "
+                "from another source"
+            )
+        return run_sync(self._intraday(days, symbols, now))
 
     # Async calls for later steps ------------------------------------------------------------
     async def current_price(self, symbol: str) -> CurrentPrice:
@@ -297,26 +360,39 @@ class KisSource(OneMarketDailyBars):
         async with self._http() as http:
             yield _Client(self, http)
 
-    async def _daily(self, sessions: list[dt.date], symbols: Sequence[str]) -> pl.DataFrame:
-        """Bars of `symbols` on `sessions` as KIS sent them (bad rows included)."""
-        first, last = sessions[0], sessions[-1]
+    async def _each(
+        self, symbols: Sequence[str], fetch: Callable[[_Client, str], Awaitable[pl.DataFrame]]
+    ) -> list[pl.DataFrame]:
+        """fetch(client, symbol) for each symbol on one client; unknown ones end in `missing`."""
         symbols = list(dict.fromkeys(symbols))
         async with self._client() as client:
             await client.tokens.token()  # one before fanning out; a bad key fails once, here
             try:
                 frames, missing = await fetch_each(
-                    symbols,
-                    lambda symbol: client.daily_rows(symbol, first, last),
-                    concurrency=self.concurrency,
+                    symbols, lambda symbol: fetch(client, symbol), concurrency=self.concurrency
                 )
             except BaseException:
                 await _cancel_siblings()
                 raise
         self.missing = missing
         if missing:
-            logger.warning("kis: %d symbol(s) unknown to KIS: %s", len(missing), sorted(missing))
+            logger.warning("kis: %d symbol(s) without data: %s", len(missing), sorted(missing))
+        return frames
+
+    async def _daily(self, sessions: list[dt.date], symbols: Sequence[str]) -> pl.DataFrame:
+        """Bars of `symbols` on `sessions` as KIS sent them (bad rows included)."""
+        first, last = sessions[0], sessions[-1]
+        frames = await self._each(symbols, lambda c, symbol: c.daily_rows(symbol, first, last))
         raw = pl.concat(frames) if frames else pl.DataFrame(schema=_RAW)
         return _bars(raw, sessions)
+
+    async def _intraday(
+        self, sessions: list[dt.date], symbols: Sequence[str], now: dt.datetime
+    ) -> pl.DataFrame:
+        today = now.astimezone(KST).date()
+        past = [d for d in sessions if d <= today]  # a future session has no bars yet
+        frames = await self._each(symbols, lambda c, symbol: c.minute_rows(symbol, past, today))
+        return aggregate_minutes(pl.concat([pl.DataFrame(schema=RAW_MINUTES), *frames]), now=now)
 
 
 class _Client:
@@ -366,6 +442,13 @@ class _Client:
             raise self.http.schema_error(path, symbol, f"the answer has no {key!r} object")
         return value
 
+    def rows(self, payload: dict, path: str, symbol: str) -> list[dict]:
+        """The chart rows of `output2`, without the row of empty strings an empty window is."""
+        page = payload.get("output2")
+        if not isinstance(page, list) or not all(isinstance(r, dict) for r in page):
+            raise self.http.schema_error(path, symbol, "the answer has no 'output2' list of rows")
+        return [r for r in page if any(str(v).strip() for v in r.values())]
+
     async def daily_rows(self, symbol: str, first: dt.date, last: dt.date) -> pl.DataFrame:
         """Every row KIS sends for [first, last], newest first, one earlier window per call."""
         rows: list[dict] = []
@@ -385,13 +468,7 @@ class _Client:
                 if not rows:
                     raise
                 break  # nothing before the listing: the rows so far are the symbol's history
-            page = payload.get("output2")
-            if not isinstance(page, list) or not all(isinstance(r, dict) for r in page):
-                raise self.http.schema_error(
-                    DAILY_PATH, symbol, "the answer has no 'output2' list of rows"
-                )
-            # An empty window comes back as one row of empty strings: not a bar.
-            page = [r for r in page if any(str(v).strip() for v in r.values())]
+            page = self.rows(payload, DAILY_PATH, symbol)
             rows.extend(page)
             # KIS marks further pages with tr_cont F/M; a full page may also have more behind it.
             more = response.headers.get("tr_cont", "").strip() in ("F", "M")
@@ -406,6 +483,127 @@ class _Client:
         return pl.DataFrame(
             [(symbol, *(_text(r.get(k)) for k in fields)) for r in rows], schema=_RAW, orient="row"
         )
+
+    async def minute_rows(
+        self, symbol: str, sessions: list[dt.date], today: dt.date
+    ) -> pl.DataFrame:
+        """The 1-minute rows KIS sends for each session (RAW_MINUTES); a session without any
+        is skipped, a symbol without any in every session is NotFound (counted missing)."""
+        frames, not_found = [], None
+        for day in sessions:
+            try:
+                rows = await self.session_minutes(symbol, day, day == today)
+            except NotFound as error:  # not listed yet that day, or unknown to KIS
+                not_found = error
+                continue
+            fields = _MINUTE_FIELDS.values()
+            frames.append(
+                pl.DataFrame(
+                    [(symbol, day, *(_text(r.get(k)) for k in fields)) for r in rows],
+                    schema=RAW_MINUTES,
+                    orient="row",
+                )
+            )
+        if not frames and not_found is not None:
+            raise not_found
+        return pl.concat([pl.DataFrame(schema=RAW_MINUTES), *frames])
+
+    async def session_minutes(self, symbol: str, day: dt.date, today: bool) -> list[dict]:
+        """One session's minute rows, newest first: each call asks for the bars at or before
+        FID_INPUT_HOUR_1, starting at the close; the next cursor is a minute before the oldest
+        bar received, until the session's open is reached or a page comes back short."""
+        path = MINUTE_TODAY_PATH if today else MINUTE_DAY_PATH
+        opens, closes = (t.astimezone(KST).time() for t in session_bounds(MARKET, day))
+        stamp = day.strftime("%Y%m%d")
+        rows: list[dict] = []
+        cursor = closes
+        while True:
+            params = {
+                "FID_COND_MRKT_DIV_CODE": "J",
+                "FID_INPUT_ISCD": symbol,
+                "FID_INPUT_HOUR_1": cursor.strftime("%H%M%S"),
+                "FID_PW_DATA_INCU_YN": "N",  # this day only, not the days before
+                **({"FID_ETC_CLS_CODE": ""} if today else {"FID_INPUT_DATE_1": stamp}),
+            }
+            payload, _ = await self.get(path, MINUTE_TR_IDS[path], symbol, params)
+            page = self.rows(payload, path, symbol)
+            full = len(page) >= MINUTE_PAGE_ROWS[path]
+            # Bars after the cursor were on an earlier page (a server ignoring the cursor).
+            page = [r for r in page if (_clock(r.get("stck_cntg_hour")) or cursor) <= cursor]
+            rows.extend(page)
+            times = [
+                _clock(r.get("stck_cntg_hour"))
+                for r in page
+                if str(r.get("stck_bsop_date")).strip() == stamp
+            ]
+            oldest = min((t for t in times if t is not None), default=None)
+            if not full or oldest is None or oldest <= opens:  # the last page, or the open
+                break
+            cursor = (dt.datetime.combine(day, oldest) - dt.timedelta(minutes=1)).time()
+        if not rows:
+            raise NotFound(NAME, path, symbol, f"no 1-minute bars for {day}")
+        return rows
+
+
+def aggregate_minutes(raw: pl.DataFrame, *, now: dt.datetime | None = None) -> pl.DataFrame:
+    """KIS 1-minute rows (RAW_MINUTES: text, Seoul time) -> 15-minute bars (INTRADAY_BARS).
+
+    Bars lie on the session's grid from its open (session_bounds, so late opens and early
+    closes follow the exchange calendar): open = first, high = max, low = min, close = last,
+    volume = sum, stamped in UTC. The closing auction prints at the close itself and belongs to
+    the last bar. Rows the server sent for another day are dropped; a minute outside the hours
+    lands in a bar outside them, and a row without a time in a bar without one, for validation
+    to quarantine. A minute that breaks an OHLCV rule or lacks a value makes its whole bar
+    that minute's values: folded into max/min it would vanish and the bar would be stored, so the
+    bar goes to quarantine under the rule the minute broke. With `now`, bars not over by then
+    (a session still trading) are left out.
+    """
+    step = dt.timedelta(minutes=INTRADAY_BAR_MINUTES)
+    step_us = step // dt.timedelta(microseconds=1)
+    bounds = session_table(MARKET, raw["trade_date"].unique().sort().to_list()).drop("slots")
+    sent_day = pl.col("date").str.strip_chars().str.to_date("%Y%m%d", strict=False)
+    local = pl.concat_str(
+        sent_day.dt.strftime("%Y%m%d"), pl.col("hour").str.strip_chars().str.zfill(6)
+    )
+    at = (
+        local.str.to_datetime("%Y%m%d%H%M%S", time_unit="us", strict=False)
+        .dt.replace_time_zone(KST.key, ambiguous="earliest", non_existent="null")
+        .dt.convert_time_zone("UTC")
+    )
+    slot = (pl.col("at") - pl.col(SESSION_OPEN)).dt.total_microseconds() // step_us
+    slot = pl.when(pl.col("at") == pl.col(SESSION_CLOSE)).then(slot - 1).otherwise(slot)
+    bad = pl.any_horizontal(
+        *(rule.broken() for rule in OHLCV_RULES), *(pl.col(c).is_null() for c in _OHLCV)
+    )
+    minutes = (
+        raw.filter(sent_day.is_null() | (sent_day == pl.col("trade_date")))
+        .with_columns(
+            at=at,
+            **{c: parse_number(c, pl.Float64) for c in PRICE_COLUMNS},
+            volume=number_text("volume").cast(pl.Int64, strict=False),
+        )
+        .join(bounds, on="trade_date", how="left")
+        .with_columns(
+            bar_start=pl.col(SESSION_OPEN) + pl.duration(microseconds=slot * step_us), _bad=bad
+        )
+        .sort("symbol", "trade_date", "at", nulls_last=True)
+    )
+    first_bad = {f"_bad_{c}": pl.col(c).filter(pl.col("_bad")).first() for c in _OHLCV}
+    bars = minutes.group_by("symbol", "trade_date", "bar_start", maintain_order=True).agg(
+        pl.col("open").first(),
+        pl.col("high").max(),
+        pl.col("low").min(),
+        pl.col("close").last(),
+        pl.col("volume").sum(),
+        pl.col("_bad").any(),
+        **first_bad,
+    )
+    if now is not None:
+        bars = bars.filter(pl.col("bar_start").is_null() | (pl.col("bar_start") + step <= now))
+    return bars.with_columns(
+        pl.when(pl.col("_bad")).then(pl.col(f"_bad_{c}")).otherwise(pl.col(c)).alias(c)
+        for c in _OHLCV
+    ).select(pl.col(c).cast(t) for c, t in INTRADAY_BARS.items())
 
 
 def _bars(raw: pl.DataFrame, sessions: list[dt.date]) -> pl.DataFrame:
@@ -437,6 +635,13 @@ def _number(value: Any) -> float | None:
 def _integer(value: Any) -> int | None:
     number = _number(value)
     return None if number is None else int(number)
+
+
+def _clock(hhmmss: Any) -> dt.time | None:
+    try:
+        return dt.datetime.strptime(str(hhmmss).strip().zfill(6), "%H%M%S").time()
+    except ValueError:
+        return None
 
 
 def _date(row: dict) -> dt.date | None:

@@ -3,13 +3,20 @@
 Tokens: `POST /oauth2/tokenP` issues tokens with an expiry and refuses a second one within
 `token_interval` with the real 403 EGW00133 body; `expire_tokens()` makes data calls answer
 EGW00123. Quotations: daily bars (newest first, `page_rows` per call, `tr_cont` M/D, numbers as
-strings, optionally with thousands separators), current price and the 10-level order book.
+strings, optionally with thousands separators), current price and the 10-level order book, and
+1-minute bars: today's chart (inquire-time-itemchartprice, 30 per call, up to `clock`) and an
+earlier day's (inquire-time-dailychartprice, 120 per call, nothing older than
+`minute_retention_days`), both newest first, the bars at or before FID_INPUT_HOUR_1. A session's
+minutes run from its open to ten minutes before its close (continuous trading), plus the closing
+auction's bar stamped at the close.
 
 Prices are a pure function of (symbol, date): integer won from a seeded hash, so a test can ask
 `truth()` what any run must have stored. Defects: `drop(symbol, day)` removes a session's bar (a
-partial day), `bad[(symbol, day)] = kind` breaks one. Unknown symbols get KIS's "no data"
-answer. Faults (`faults.add`) use the bodies below: RATE_LIMIT in a 500 or a 200, TOKEN_EXPIRED,
-MALFORMED, NO_OUTPUT (missing keys), and any status, Retry-After header or delay.
+partial day), `bad[(symbol, day)] = kind` breaks one and `bad_minutes[(symbol, day, "HHMMSS")]`
+one minute bar (`minutes()` and `minute_truth()` say what was served). Unknown symbols get KIS's
+"no data" answer. Faults (`faults.add`, any path) use the bodies below: RATE_LIMIT in a 500 or a
+200, TOKEN_EXPIRED, MALFORMED, NO_OUTPUT (missing keys), and any status, Retry-After header or
+delay.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from zoneinfo import ZoneInfo
 
 import polars as pl
 
-from marketpipe_assets.markets import all_sessions
+from marketpipe_assets.markets import all_sessions, is_session, session_bounds
 
 from .server import FakeProvider, Reply, Request
 
@@ -34,7 +41,17 @@ TOKEN = "/oauth2/tokenP"
 DAILY = "/uapi/domestic-stock/v1/quotations/inquire-daily-itemchartprice"
 PRICE = "/uapi/domestic-stock/v1/quotations/inquire-price"
 BOOK = "/uapi/domestic-stock/v1/quotations/inquire-asking-price-exp-ccn"
-TR_IDS = {DAILY: "FHKST03010100", PRICE: "FHKST01010100", BOOK: "FHKST01010200"}
+MINUTE_TODAY = "/uapi/domestic-stock/v1/quotations/inquire-time-itemchartprice"
+MINUTE_DAY = "/uapi/domestic-stock/v1/quotations/inquire-time-dailychartprice"
+TR_IDS = {
+    DAILY: "FHKST03010100",
+    PRICE: "FHKST01010100",
+    BOOK: "FHKST01010200",
+    MINUTE_TODAY: "FHKST03010200",
+    MINUTE_DAY: "FHKST03010230",
+}
+MINUTE_PAGE_ROWS = {MINUTE_TODAY: 30, MINUTE_DAY: 120}
+AUCTION = dt.timedelta(minutes=10)  # the closing call auction: no minute bars, one print
 
 OK = {"rt_cd": "0", "msg_cd": "MCA00000", "msg1": "정상처리 되었습니다."}
 RATE_LIMIT = {"rt_cd": "1", "msg_cd": "EGW00201", "msg1": "초당 거래건수를 초과하였습니다."}
@@ -74,6 +91,41 @@ def bar(symbol: str, day: dt.date) -> dict[str, int]:
     return {"open": open_, "high": high, "low": low, "close": close, "volume": volume}
 
 
+def broken(values: dict[str, int | None], kind: str | None) -> dict[str, int | None]:
+    """A bar with the defect `kind` (one of BAD_KINDS) applied; None leaves it clean."""
+    values = dict(values)
+    if kind == "high_below_low":
+        values["high"] = values["low"] - tick(values["low"])
+    elif kind == "zero_close":
+        values["close"] = 0
+    elif kind == "blank_close":
+        values["close"] = None
+    return values
+
+
+def minute_stamps(day: dt.date) -> list[dt.datetime]:
+    """The session's minute bars in Seoul time: open to the auction, then the close itself."""
+    opens, closes = (t.astimezone(KST) for t in session_bounds("krx", day))
+    count = int((closes - AUCTION - opens) / dt.timedelta(minutes=1))
+    return [opens + dt.timedelta(minutes=i) for i in range(count)] + [closes]
+
+
+def minute_bars(symbol: str, day: dt.date) -> list[dict[str, int]]:
+    """The clean minute bars of (symbol, day): a walk in whole ticks from the day's open."""
+    rng = random.Random(f"kis-minutes:{symbol}:{day.isoformat()}")
+    price = bar(symbol, day)["open"]
+    step = tick(price)
+    bars = []
+    for _ in minute_stamps(day):
+        open_ = price
+        price = max(step, price + step * rng.randint(-3, 3))
+        high = max(open_, price) + step * rng.randrange(0, 3)
+        low = max(step, min(open_, price) - step * rng.randrange(0, 3))
+        volume = rng.randrange(0, 20_000)
+        bars.append({"open": open_, "high": high, "low": low, "close": price, "volume": volume})
+    return bars
+
+
 class FakeKis(FakeProvider):
     def __init__(
         self,
@@ -87,6 +139,8 @@ class FakeKis(FakeProvider):
         thousands: bool = False,
         page_rows: int = 100,
         tr_cont: bool = True,
+        minute_retention_days: int = 365,
+        clock: dt.datetime | None = None,
     ):
         super().__init__()
         self.app_key, self.app_secret = app_key, app_secret
@@ -96,6 +150,9 @@ class FakeKis(FakeProvider):
         self.thousands, self.page_rows, self.tr_cont = thousands, page_rows, tr_cont
         self.dropped: set[tuple[str, dt.date]] = set()
         self.bad: dict[tuple[str, dt.date], str] = {}
+        self.bad_minutes: dict[tuple[str, dt.date, str], str] = {}  # HHMMSS in Seoul
+        self.minute_retention_days = minute_retention_days
+        self.clock = clock  # the server's "now" (aware); None: the real one
         self.book_levels: dict[str, int] = {}  # symbol -> levels quoted (others "0")
         self.tokens: dict[str, float] = {}  # token -> expiry (epoch seconds)
         self.issued: list[float] = []  # monotonic times of issued tokens
@@ -137,15 +194,43 @@ class FakeKis(FakeProvider):
 
     def row(self, symbol: str, day: dt.date) -> dict[str, int | None]:
         """The bar as served, defects included (numbers; None for a blank field)."""
-        values: dict[str, int | None] = dict(bar(symbol, day))
-        kind = self.bad.get((symbol, day))
-        if kind == "high_below_low":
-            values["high"] = values["low"] - tick(values["low"])
-        elif kind == "zero_close":
-            values["close"] = 0
-        elif kind == "blank_close":
-            values["close"] = None
-        return values
+        return broken(bar(symbol, day), self.bad.get((symbol, day)))
+
+    def now(self) -> dt.datetime:
+        return (self.clock or dt.datetime.now(dt.UTC)).astimezone(KST)
+
+    def minutes(self, symbol: str, day: dt.date) -> list[tuple[dt.datetime, dict]]:
+        """(Seoul time, bar as served) of every minute the server has for (symbol, day), oldest
+        first: none for an unknown symbol, a dropped day, a non-session or a day past the
+        retention; today's up to the clock's minute (the last one still trading)."""
+        now = self.now()
+        oldest = now.date() - dt.timedelta(days=self.minute_retention_days)
+        if (
+            not self.knows(symbol)
+            or (symbol, day) in self.dropped
+            or not is_session("krx", day)
+            or not oldest <= day <= now.date()
+        ):
+            return []
+        served = []
+        for stamp, values in zip(minute_stamps(day), minute_bars(symbol, day), strict=True):
+            if stamp > now:
+                break
+            kind = self.bad_minutes.get((symbol, day, stamp.strftime("%H%M%S")))
+            served.append((stamp, broken(values, kind)))
+        return served
+
+    def minute_truth(self, symbols: Iterable[str], sessions: Iterable[dt.date]) -> pl.DataFrame:
+        """Every minute bar served for the sessions, `minute` in UTC (numbers, None if blank)."""
+        rows = [
+            {"symbol": s, "trade_date": d, "minute": stamp.astimezone(dt.UTC), **values}
+            for s in symbols
+            for d in sorted(set(sessions))
+            for stamp, values in self.minutes(s, d)
+        ]
+        schema = {"symbol": pl.String, "trade_date": pl.Date, "minute": pl.Datetime("us", "UTC")}
+        schema |= {c: pl.Float64 for c in ("open", "high", "low", "close")} | {"volume": pl.Int64}
+        return pl.DataFrame(rows, schema=schema, orient="row")
 
     def truth(self, symbols: Iterable[str], sessions: Iterable[dt.date]) -> pl.DataFrame:
         """Every row any correct client must end with (stored or quarantined), as numbers."""
@@ -186,6 +271,8 @@ class FakeKis(FakeProvider):
                 return Reply(200, NO_DATA)
             if request.path == DAILY:
                 return self._daily(request, symbol)
+            if request.path in MINUTE_PAGE_ROWS:
+                return self._minutes(request, symbol)
             if request.path == PRICE:
                 return Reply(200, {**OK, "output": self._price(symbol)})
             return Reply(200, {**OK, **self._book(symbol)})
@@ -285,6 +372,45 @@ class FakeKis(FakeProvider):
         }
         headers = {"tr_cont": "M" if more else "D"} if self.tr_cont else {}
         return Reply(200, {**OK, "output1": summary, "output2": rows}, headers)
+
+    def _minutes(self, request: Request, symbol: str) -> Reply:
+        query = request.query
+        try:
+            cursor = dt.datetime.strptime(query["FID_INPUT_HOUR_1"], "%H%M%S").time()
+            if request.path == MINUTE_TODAY:
+                day = self.now().date()
+            else:
+                day = dt.datetime.strptime(query["FID_INPUT_DATE_1"], "%Y%m%d").date()
+        except (KeyError, ValueError):
+            return Reply(500, {"rt_cd": "1", "msg_cd": "OPSQ2002", "msg1": "조회일자 오류"})
+        if query.get("FID_PW_DATA_INCU_YN") not in ("Y", "N"):
+            return Reply(500, {"rt_cd": "1", "msg_cd": "OPSQ2003", "msg1": "입력값 오류"})
+        # A cursor in the future answers up to now (minutes() stops at the clock).
+        served = [(t, v) for t, v in self.minutes(symbol, day) if t.time() <= cursor]
+        page = served[::-1][: MINUTE_PAGE_ROWS[request.path]]
+        rows = [
+            {
+                "stck_bsop_date": day.strftime("%Y%m%d"),
+                "stck_cntg_hour": stamp.strftime("%H%M%S"),
+                "stck_prpr": self._fmt(values["close"]),
+                "stck_oprc": self._fmt(values["open"]),
+                "stck_hgpr": self._fmt(values["high"]),
+                "stck_lwpr": self._fmt(values["low"]),
+                "cntg_vol": self._fmt(values["volume"]),
+                "acml_tr_pbmn": self._fmt((values["close"] or 0) * values["volume"]),
+            }
+            for stamp, values in page
+        ]
+        summary = {
+            "prdy_vrss": "0",
+            "prdy_vrss_sign": "3",
+            "prdy_ctrt": "0.00",
+            "stck_prdy_clpr": rows[0]["stck_prpr"] if rows else "0",
+            "acml_vol": self._fmt(sum(v["volume"] for _, v in served)),
+            "hts_kor_isnm": f"가짜종목{symbol}",
+            "stck_prpr": rows[0]["stck_prpr"] if rows else "0",
+        }
+        return Reply(200, {**OK, "output1": summary, "output2": rows})
 
     def _latest(self, symbol: str) -> tuple[dict[str, int | None], dict[str, int | None]]:
         today = dt.date.today()
