@@ -1,0 +1,285 @@
+"""Freshness: Dagster freshness policies on the daily assets and per-symbol freshness checks.
+
+Two views of the same promise. The policies (`with_freshness`) are Dagster's asset-level view,
+shown in the UI's asset health: "materialized after the previous weekday's close, by 09:00".
+They are not session- or symbol-aware, so after an exchange holiday the policy reads FAIL until
+the next session's run. The checks below are the authority: they read the lake, know the
+exchange calendar and name every stale symbol with its last update.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Sequence
+from functools import cache
+from zoneinfo import ZoneInfo
+
+import dagster as dg
+import polars as pl
+
+from resources.lake import LakeResource
+
+from .markets import MARKETS, is_session, previous_session, session_bounds
+from .metadata import markdown_table
+from .prices import load_universe
+from .schemas import DAILY_PRICES, INTRADAY_BARS
+
+SYMBOL_FRESHNESS = "symbol_freshness"
+# Evaluation time of the checks as an ISO datetime (naive = UTC); unset, the real clock.
+NOW_VARIABLE = "MARKETPIPE_NOW"
+MAX_AGE_VARIABLE = "MARKETPIPE_INTRADAY_MAX_AGE_HOURS"
+DEFAULT_INTRADAY_MAX_AGE = dt.timedelta(hours=4)  # the seed: "updated at least every 4 hours"
+
+# "Yesterday's session by the morning": a session's daily data is due at 09:00 local the next
+# day, so the deadlines fall Tue-Sat, the morning after each weekday session.
+DAILY_DEADLINE = dt.time(9, 0)
+DAILY_DEADLINE_CRON = "0 9 * * 2-6"
+# A materialization counts from 16:00 the day before the deadline: after both exchanges close
+# (KRX 15:30, NYSE 16:00), i.e. one that can hold that session's bars.
+DAILY_LOWER_BOUND = dt.timedelta(hours=17)
+DAILY_DATASETS = ("daily_prices", "indicators")
+# How far back a stale symbol's last stored bar is looked for (calendar days).
+LOOKBACK = dt.timedelta(days=40)
+_LISTED = 50  # stale symbols named in the description and metadata
+
+
+def daily_freshness_policy(market: str) -> dg.FreshnessPolicy:
+    return dg.FreshnessPolicy.cron(
+        deadline_cron=DAILY_DEADLINE_CRON,
+        lower_bound_delta=DAILY_LOWER_BOUND,
+        timezone=MARKETS[market].timezone,
+    )
+
+
+def with_freshness(assets: Sequence[dg.AssetsDefinition]) -> list[dg.AssetsDefinition]:
+    """The assets with each market's daily freshness policy on `<market>/daily_prices` and
+    `<market>/indicators`; every other asset unchanged."""
+
+    def apply(spec: dg.AssetSpec) -> dg.AssetSpec:
+        path = spec.key.path
+        if len(path) == 2 and path[0] in MARKETS and path[1] in DAILY_DATASETS:
+            return dg.apply_freshness_policy(spec, daily_freshness_policy(path[0]))
+        return spec
+
+    return dg.map_asset_specs(apply, assets)
+
+
+def evaluation_time() -> dt.datetime:
+    """Now, or MARKETPIPE_NOW when set, so a check can be evaluated as of any moment."""
+    raw = os.environ.get(NOW_VARIABLE, "").strip()
+    if not raw:
+        return dt.datetime.now(dt.UTC)
+    try:
+        moment = dt.datetime.fromisoformat(raw)
+    except ValueError as exc:
+        raise ValueError(f"{NOW_VARIABLE}={raw!r} is not an ISO datetime") from exc
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+def intraday_max_age() -> dt.timedelta:
+    raw = os.environ.get(MAX_AGE_VARIABLE, "").strip()
+    if not raw:
+        return DEFAULT_INTRADAY_MAX_AGE
+    try:
+        return dt.timedelta(hours=float(raw))
+    except ValueError as exc:
+        raise ValueError(f"{MAX_AGE_VARIABLE}={raw!r} is not a number of hours") from exc
+
+
+def active_symbols(universe: pl.DataFrame, day: dt.date) -> pl.DataFrame:
+    """Symbols listed on `day` and not yet delisted (the completeness check's rule)."""
+    # A delisting before the listing (a bad universe row) means never active.
+    ended = pl.max_horizontal("listing_date", "delisting_date")
+    return universe.filter(
+        (pl.col("listing_date") <= day) & (pl.col("delisting_date").is_null() | (ended > day))
+    ).select("symbol")
+
+
+def due_session(market: str, now: dt.datetime) -> dt.date | None:
+    """The latest session whose daily data is due by `now` (its next morning's deadline)."""
+    local = now.astimezone(ZoneInfo(MARKETS[market].timezone))
+    # previous_session is strict: before the deadline, yesterday's session is not yet due.
+    cutoff = local.date() if local.time() >= DAILY_DEADLINE else local.date() - dt.timedelta(1)
+    return previous_session(market, cutoff)
+
+
+def session_at(market: str, now: dt.datetime) -> tuple[dt.date, dt.datetime] | None:
+    """(session date, open) when `now` falls between a session's open and close, else None."""
+    day = now.astimezone(ZoneInfo(MARKETS[market].timezone)).date()
+    if not is_session(market, day):
+        return None
+    opens, closes = session_bounds(market, day)
+    return (day, opens) if opens <= now <= closes else None
+
+
+def _stale(active: pl.DataFrame, last: pl.DataFrame, fresh: pl.Expr) -> pl.DataFrame:
+    """Active symbols whose last update (null = none found) fails `fresh`; a null verdict
+    (no update to judge) is stale."""
+    joined = active.join(last, on="symbol", how="left")
+    return joined.filter(~fresh.fill_null(False)).sort("symbol")
+
+
+def _result(stale: pl.DataFrame, active: int, what: str, metadata: dict) -> dg.AssetCheckResult:
+    named = ", ".join(
+        f"{s} (last {'none' if t is None else t})" for s, t in stale.head(_LISTED).rows()
+    )
+    more = f" and {len(stale) - _LISTED} more" if len(stale) > _LISTED else ""
+    return dg.AssetCheckResult(
+        check_name=SYMBOL_FRESHNESS,
+        passed=stale.is_empty(),
+        description=(
+            f"{len(stale)} of {active} active symbol(s) {what}: {named}{more}"
+            if len(stale)
+            else f"all {active} active symbols are fresh"
+        ),
+        metadata={
+            **metadata,
+            "active_symbols": active,
+            "stale_symbols": len(stale),
+            "stale": dg.MetadataValue.json(
+                [{"symbol": s, "last_update": str(t) if t else None} for s, t in stale.rows()][
+                    :_LISTED
+                ]
+            ),
+            "stale_preview": dg.MetadataValue.md(markdown_table(stale, limit=_LISTED)),
+        },
+    )
+
+
+def daily_freshness_result(
+    lake: LakeResource, market: str, now: dt.datetime
+) -> dg.AssetCheckResult:
+    """Passes when every symbol active on the due session has a stored bar for it."""
+    due = due_session(market, now)
+    if due is None:
+        return dg.AssetCheckResult(
+            check_name=SYMBOL_FRESHNESS, passed=True, description="no session is due yet"
+        )
+    active = active_symbols(load_universe(lake, market), due)
+    recent = lake.read_partitions(
+        "daily_prices",
+        market,
+        DAILY_PRICES,
+        first=due - LOOKBACK,
+        last=due,
+        columns=["symbol", "trade_date"],
+    )
+    last = recent.group_by("symbol").agg(last_update=pl.col("trade_date").max())
+    stale = _stale(active, last, pl.col("last_update") >= due)
+    return _result(
+        stale,
+        len(active),
+        f"have no stored bar for the {due} session",
+        {"due_session": due.isoformat(), "evaluated_at": now.isoformat()},
+    )
+
+
+def intraday_freshness_result(
+    lake: LakeResource, market: str, now: dt.datetime, max_age: dt.timedelta
+) -> dg.AssetCheckResult:
+    """During a session: passes when every active symbol's latest stored bar started at most
+    `max_age` before `now` (the clock starts at the open). Outside sessions it passes."""
+    session = session_at(market, now)
+    if session is None:
+        return dg.AssetCheckResult(
+            check_name=SYMBOL_FRESHNESS,
+            passed=True,
+            description=f"{now.isoformat()} is outside {market} session hours: nothing is due",
+            metadata={"evaluated_at": now.isoformat(), "in_session": False},
+        )
+    day, opens = session
+    active = active_symbols(load_universe(lake, market), day)
+    recent = lake.read_partitions(
+        "intraday_bars",
+        market,
+        INTRADAY_BARS,
+        first=previous_session(market, day),
+        last=day,
+        columns=["symbol", "bar_start"],
+    )
+    last = recent.group_by("symbol").agg(last_update=pl.col("bar_start").max())
+    # Before max_age has passed since the open, nothing can be stale yet.
+    fresh = pl.max_horizontal("last_update", pl.lit(opens)) >= now - max_age
+    stale = _stale(active, last, fresh)
+    return _result(
+        stale,
+        len(active),
+        f"have no stored bar starting after {(now - max_age).isoformat()}",
+        {
+            "evaluated_at": now.isoformat(),
+            "in_session": True,
+            "max_age_hours": max_age.total_seconds() / 3600,
+        },
+    )
+
+
+def daily_freshness_check(market: str) -> dg.AssetChecksDefinition:
+    @dg.asset_check(
+        asset=dg.AssetKey([market, "daily_prices"]),
+        name=SYMBOL_FRESHNESS,
+        description="Every active symbol has a stored bar for the latest session by 09:00 "
+        f"{MARKETS[market].timezone} the next morning; fails naming the stale symbols.",
+    )
+    def daily_symbol_freshness(lake: LakeResource) -> dg.AssetCheckResult:
+        return daily_freshness_result(lake, market, evaluation_time())
+
+    return daily_symbol_freshness
+
+
+def intraday_freshness_check(market: str) -> dg.AssetChecksDefinition:
+    @dg.asset_check(
+        asset=dg.AssetKey([market, "intraday_bars"]),
+        name=SYMBOL_FRESHNESS,
+        description="During the session, every active symbol's latest stored bar is at most "
+        f"{DEFAULT_INTRADAY_MAX_AGE.total_seconds() / 3600:g} hours old ({MAX_AGE_VARIABLE}).",
+    )
+    def intraday_symbol_freshness(lake: LakeResource) -> dg.AssetCheckResult:
+        return intraday_freshness_result(lake, market, evaluation_time(), intraday_max_age())
+
+    return intraday_symbol_freshness
+
+
+@cache
+def freshness_checks(market: str) -> list[dg.AssetChecksDefinition]:
+    return [daily_freshness_check(market), intraday_freshness_check(market)]
+
+
+@cache
+def freshness_job(market: str, dataset: str):
+    """A run of just one dataset's freshness check: cheap, reads the lake, writes nothing."""
+    return dg.define_asset_job(
+        f"{market}_{dataset}_freshness",
+        selection=dg.AssetSelection.checks(
+            dg.AssetCheckKey(dg.AssetKey([market, dataset]), SYMBOL_FRESHNESS)
+        ),
+        description=f"Per-symbol freshness of {market}/{dataset}.",
+    )
+
+
+def freshness_schedules(market: str) -> list[dg.ScheduleDefinition]:
+    """09:00 local Tue-Sat for daily prices; hourly during sessions for intraday bars (stopped
+    by default: no schedule ingests intraday bars yet, so it would only ever fail)."""
+    zone = MARKETS[market].timezone
+    daily = dg.ScheduleDefinition(
+        name=f"{market}_daily_freshness",
+        job=freshness_job(market, "daily_prices"),
+        cron_schedule=DAILY_DEADLINE_CRON,
+        execution_timezone=zone,
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+    )
+
+    @dg.schedule(
+        name=f"{market}_intraday_freshness",
+        job=freshness_job(market, "intraday_bars"),
+        cron_schedule="0 * * * 1-5",
+        execution_timezone=zone,
+        default_status=dg.DefaultScheduleStatus.STOPPED,
+    )
+    def intraday(context: dg.ScheduleEvaluationContext):
+        now = context.scheduled_execution_time
+        if session_at(market, now) is None:
+            return dg.SkipReason(f"{now.isoformat()} is outside {market} session hours")
+        return dg.RunRequest(run_key=f"{market}-intraday-freshness-{now.isoformat()}")
+
+    return [daily, intraday]
