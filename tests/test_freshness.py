@@ -234,10 +234,13 @@ def test_intraday_schedule_runs_only_during_sessions(us_lake):
 
 
 # Freshness policies --------------------------------------------------------------------------
-def test_daily_assets_carry_a_cron_freshness_policy_visible_in_the_asset_graph():
+def test_daily_assets_carry_a_cron_freshness_policy_visible_in_the_asset_graph(lake, market_data):
     mapped = with_freshness(assets)
-    graph = dg.Definitions(assets=mapped, asset_checks=[ge_asset_check(m) for m in MARKETS])
-    graph = graph.resolve_asset_graph()
+    graph = dg.Definitions(
+        assets=mapped,
+        asset_checks=[ge_asset_check(m) for m in MARKETS],
+        resources={"lake": lake, "market_data": market_data},
+    ).resolve_asset_graph()
     for market, spec in MARKETS.items():
         for dataset in ("daily_prices", "indicators"):
             policy = graph.get(dg.AssetKey([market, dataset])).freshness_policy
