@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import warnings
 from pathlib import Path
 
 import dagster as dg
@@ -14,8 +15,10 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
+from marketpipe_assets.greeks import RISK_FREE_RATE
 from marketpipe_assets.markets import sessions_between
-from marketpipe_assets.schemas import DAILY_PRICES, UNIVERSE
+from marketpipe_assets.options import derive, live_session
+from marketpipe_assets.schemas import DAILY_PRICES, OPTION_CHAINS, UNIVERSE, quarantine_schema
 from resources.market_data import MarketDataResource
 from resources.providers import breaker as breaker_module
 from resources.providers import limiter as limiter_module
@@ -24,8 +27,13 @@ from resources.providers.errors import NotFound
 from resources.providers.http import RetryPolicy
 from resources.sources.base import SourceError
 from resources.sources.synthetic import SyntheticSource
+from resources.sources.synthetic_options import option_chains
 from tests.conftest import materialize, recent_sessions
 from tests.fakes.yahoo import FakeYahoo, close_epoch, expirations, open_epoch, utc_epoch
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from py_vollib.black_scholes.implied_volatility import implied_volatility as py_vollib_iv
 
 SYMBOLS = ["AAPL", "MSFT", "NVDA"]
 ATTEMPTS = RetryPolicy().attempts  # the first try and three retries
@@ -104,9 +112,9 @@ def failure_text(result: dg.ExecuteInProcessResult) -> str:
     return failures[0].step_failure_data.error.to_string()
 
 
-def metadata(result) -> dict:
-    """The run's daily_prices metadata (one event per partition, all with the run's totals)."""
-    key = dg.AssetKey(["us", "daily_prices"])
+def metadata(result, dataset: str = "daily_prices") -> dict:
+    """The run's metadata of us/<dataset> (one event per partition, all with the run's totals)."""
+    key = dg.AssetKey(["us", dataset])
     event = next(e for e in result.get_asset_materialization_events() if e.asset_key == key)
     return {k: v.value for k, v in event.materialization.metadata.items()}
 
@@ -419,6 +427,161 @@ def test_option_chain_pages_are_retried(fake):
     chain = asyncio.run(yahoo.source_from_env().option_chain("MSFT", quote_date))
     order = ["expiration", "option_type", "strike"]
     assert_frame_equal(chain.sort(order), fake.chain_truth("MSFT").sort(order))
+
+
+# Option chains through Dagster --------------------------------------------------------------
+def run_options(lake, instance, *, source="yahoo", underlyings=SYMBOLS, key=None):
+    """us/option_chains for the live session (the only one Yahoo serves), one Dagster run."""
+    market_data = MarketDataResource(
+        us_source=source,
+        option_underlyings=",".join(underlyings),
+        landing_url="unused-landing",
+        synthetic_symbols=60,
+    )
+    return materialize(
+        "us",
+        ("option_chains",),
+        lake=lake,
+        market_data=market_data,
+        instance=instance,
+        partition_key=key or live_session().isoformat(),
+    )
+
+
+def stored_chain(lake, day: dt.date) -> pl.DataFrame:
+    return lake.read_partitions("option_chains", "us", OPTION_CHAINS, first=day, last=day)
+
+
+@pytest.fixture
+def live(fake) -> dt.date:
+    fake.options_date = live_session()
+    return fake.options_date
+
+
+def second_expiry_contract(fake, symbol: str, strike_index: int, kind: str) -> str:
+    """A contract of the second expiration (the first may expire today: no time value)."""
+    expiry = expirations(fake.options_date)[1]
+    strike = fake.strikes(symbol)[strike_index]
+    return fake.contract(symbol, expiry, strike, kind)["contractSymbol"]
+
+
+def test_option_chains_materialize_from_yahoo(lake, instance, fake, live):
+    no_iv = second_expiry_contract(fake, "AAPL", 4, "C")  # at the money, IV key left out
+    absurd_iv = second_expiry_contract(fake, "MSFT", 3, "P")  # 1400 %, the quote is sound
+    crossed = second_expiry_contract(fake, "MSFT", 5, "C")
+    zeros = second_expiry_contract(fake, "NVDA", 0, "P")  # yfinance#97: all zeros after hours
+    no_bid = second_expiry_contract(fake, "NVDA", 2, "C")
+    fake.option_overrides = {
+        no_iv: {"impliedVolatility": None},
+        absurd_iv: {"impliedVolatility": 14.0},
+        crossed: {"bid": 9999.0},
+        zeros: {"bid": 0.0, "ask": 0.0, "impliedVolatility": 0.0},
+        no_bid: {"bid": None},
+    }
+    result = run_options(lake, instance)
+
+    assert result.success
+    served = pl.concat(fake.chain_truth(s) for s in SYMBOLS)
+    stored = stored_chain(lake, live)
+    quarantined = lake.read_quarantine("option_chains", "us", quarantine_schema(OPTION_CHAINS))
+    # Every served contract is stored or quarantined, once, under the live session.
+    kept = stored["contract_symbol"].to_list() + quarantined["contract_symbol"].to_list()
+    assert sorted(kept) == sorted(served["contract_symbol"].to_list())
+    assert (stored["quote_date"] == live).all() and (quarantined["quote_date"] == live).all()
+    assert dict(quarantined.select("contract_symbol", "violations").rows()) == {
+        crossed: ["bid_within_ask"],
+        zeros: ["implied_volatility_in_range"],  # 0 sent, nothing to solve from
+        no_bid: ["required_fields"],
+    }
+    # Stored values are the served ones, but for the two IVs solved from the mid.
+    solved = [no_iv, absurd_iv]
+    by_contract = ["contract_symbol"]
+    expected = served.join(quarantined.select(by_contract), on=by_contract, how="anti")
+    assert_frame_equal(
+        stored.select(served.columns).drop("implied_volatility").sort(by_contract),
+        expected.drop("implied_volatility").sort(by_contract),
+    )
+    vendor_iv = stored.filter(~pl.col("contract_symbol").is_in(solved))
+    assert_frame_equal(
+        vendor_iv.select(*by_contract, "implied_volatility").sort(by_contract),
+        expected.filter(~pl.col("contract_symbol").is_in(solved))
+        .select(*by_contract, "implied_volatility")
+        .sort(by_contract),
+    )
+    for row in stored.filter(pl.col("contract_symbol").is_in(solved)).iter_rows(named=True):
+        flag = "c" if row["option_type"] == "call" else "p"
+        years = row["days_to_expiry"] / 365
+        reference = py_vollib_iv(
+            row["mid"], row["underlying_price"], row["strike"], years, RISK_FREE_RATE, flag
+        )
+        assert row["implied_volatility"] == pytest.approx(reference, abs=1e-6)
+        assert row["delta"] is not None
+    meta = metadata(result, "option_chains")
+    assert meta["iv_solved"] == 2 and meta["iv_unsolved"] == 1
+    assert meta["iv_vendor"] == len(served) - 3
+    assert meta["source"] == "yahoo" and meta["rows"] == len(stored)
+    assert checks(result)["option_rules"] and checks(result)["underlying_completeness"]
+    # The listing, then one ?date= request per expiration within 90 days, per underlying.
+    within = [utc_epoch(d) for d in expirations(live) if (d - live).days <= 90]
+    for symbol in SYMBOLS:
+        asked = [r.query.get("date") for r in fake.requests if r.path == OPTIONS + symbol]
+        assert asked[0] is None and sorted(asked[1:]) == sorted(map(str, within))
+
+
+def test_option_chain_of_an_unknown_underlying_counts_as_missing(
+    lake, instance, fake, live, caplog
+):
+    fake.unknown = {"NVDA"}
+    result = run_options(lake, instance)
+
+    assert result.get_asset_materialization_events()  # stored; completeness reports the gap
+    stored = stored_chain(lake, live)
+    assert set(stored["underlying"]) == {"AAPL", "MSFT"}
+    assert len(stored) == sum(len(fake.chain_truth(s)) for s in ["AAPL", "MSFT"])
+    assert not checks(result)["underlying_completeness"]
+    assert checks(result)["option_rules"]
+    assert "no chain for NVDA" in caplog.text and "/v7/finance/options/NVDA" in caplog.text
+    assert len([r for r in fake.requests if r.path == OPTIONS + "NVDA"]) == 1  # not retried
+
+
+def test_option_chains_fall_back_when_yahoo_is_down(lake, instance, fake, live):
+    fake.down = True
+    result = run_options(lake, instance, source="yahoo,synthetic")
+
+    assert result.success
+    stored = stored_chain(lake, live)
+    synthetic = derive(option_chains(0, SYMBOLS, [live]))[0].sort("contract_symbol")
+    assert_frame_equal(stored.sort("contract_symbol"), synthetic)
+    meta = metadata(result, "option_chains")
+    assert meta["source"] == "synthetic"
+    [failure] = meta["source_failures"]
+    assert failure["source"] == "yahoo" and failure["error"] == "ProviderDown"
+    assert "yahoo /v7/finance/options/AAPL" in failure["reason"]
+    assert "Will be right back" in failure["reason"]
+    assert fake.count() == ATTEMPTS  # the first underlying found the outage; no more asked
+
+
+def test_option_chains_without_fallback_fail_clearly_and_keep_nothing_half(
+    lake, instance, fake, live
+):
+    assert run_options(lake, instance).success
+    before = stored_chain(lake, live)
+    fake.down = True
+    result = run_options(lake, instance)
+
+    assert not result.success
+    text = failure_text(result)
+    assert "yahoo /v7/finance/options/AAPL [AAPL]" in text and "Will be right back" in text
+    assert_frame_equal(stored_chain(lake, live), before)  # the previous partition is intact
+
+
+def test_yahoo_cannot_backfill_option_chains(lake, instance, fake, live):
+    past = recent_sessions("us", 3)[0]
+    result = run_options(lake, instance, key=past)
+
+    assert not result.success
+    assert f"serves only the latest session's option chains ({live})" in failure_text(result)
+    assert fake.count() == 0
 
 
 # Configuration -------------------------------------------------------------------------------

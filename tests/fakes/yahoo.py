@@ -22,8 +22,10 @@ Deterministic data: `bar(symbol, day)`, `truth()`, `chain_truth()`. Faults besid
 `faults.add(...)`: `too_many_requests()` (429 with the text body), `outage()` (the "Will be right
 back" page, for a number of requests or for good with `down = True`), `server_errors()`,
 `slow()`, `malformed()`; data defects: `unknown`, `nulls[(symbol, day)] = {"close", ...}`,
-`splits[symbol] = [(day, numerator, denominator)]`, `dividends[symbol] = [(day, amount)]`, and
-every contract whose hash says so (about one in four) has no `"volume"` key.
+`splits[symbol] = [(day, numerator, denominator)]`, `dividends[symbol] = [(day, amount)]`,
+`option_overrides[contract_symbol] = {key: value}` (Yahoo keys of one contract; None removes the
+key, as Yahoo leaves keys out), and every contract whose hash says so (about one in four) has no
+`"volume"` key.
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ class FakeYahoo(FakeProvider):
         self.nulls: dict[tuple[str, dt.date], set[str]] = {}
         self.splits: dict[str, list[tuple[dt.date, int, int]]] = {}
         self.dividends: dict[str, list[tuple[dt.date, float]]] = {}
+        self.option_overrides: dict[str, dict] = {}
         self.market_time: int | None = None
         self.down = False
         self.options_date = options_date or dt.datetime.now(NEW_YORK).date()
@@ -147,6 +150,11 @@ class FakeYahoo(FakeProvider):
         }
         if u[3] < 0.25:
             del contract["volume"]
+        for key, value in self.option_overrides.get(contract["contractSymbol"], {}).items():
+            if value is None:
+                contract.pop(key, None)
+            else:
+                contract[key] = value
         return contract
 
     def chain_truth(self, symbol: str, horizon_days: int = 90) -> pl.DataFrame:
@@ -164,14 +172,14 @@ class FakeYahoo(FakeProvider):
                             "underlying": symbol,
                             "contract_symbol": c["contractSymbol"],
                             "expiration": expiry,
-                            "strike": strike,
+                            "strike": c.get("strike"),
                             "option_type": name,
-                            "bid": c["bid"],
-                            "ask": c["ask"],
-                            "last_price": c["lastPrice"],
+                            "bid": c.get("bid"),
+                            "ask": c.get("ask"),
+                            "last_price": c.get("lastPrice"),
                             "volume": c.get("volume"),
-                            "open_interest": c["openInterest"],
-                            "implied_volatility": c["impliedVolatility"],
+                            "open_interest": c.get("openInterest"),
+                            "implied_volatility": c.get("impliedVolatility"),
                             "underlying_price": self.underlying_price(symbol),
                         }
                     )
