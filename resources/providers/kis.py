@@ -599,7 +599,8 @@ def aggregate_minutes(raw: pl.DataFrame, *, now: dt.datetime | None = None) -> p
         **first_bad,
     )
     if now is not None:
-        bars = bars.filter(pl.col("bar_start").is_null() | (pl.col("bar_start") + step <= now))
+        over = pl.col("bar_start") + step <= now.astimezone(dt.UTC)  # any aware `now`
+        bars = bars.filter(pl.col("bar_start").is_null() | over)
     return bars.with_columns(
         pl.when(pl.col("_bad")).then(pl.col(f"_bad_{c}")).otherwise(pl.col(c)).alias(c)
         for c in _OHLCV
