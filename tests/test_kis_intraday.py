@@ -17,7 +17,15 @@ from resources.providers import kis
 from tests import test_provider_kis as kis_tests
 from tests.conftest import materialize, recent_sessions
 from tests.fakes.kis import KST, MALFORMED, MINUTE_DAY, MINUTE_TODAY, RATE_LIMIT, TOKEN
-from tests.test_provider_kis import APP_KEY, APP_SECRET, FAST, SYMBOLS, errors, market_data
+from tests.test_provider_kis import (
+    APP_KEY,
+    APP_SECRET,
+    FAST,
+    SYMBOLS,
+    UNKNOWN,
+    errors,
+    market_data,
+)
 
 # The daily KIS tests' fixtures: credentials and fast retries in the environment (autouse), the
 # fake server (KIS_BASE_URL pointing at it) and one instance for the module's runs.
@@ -195,9 +203,12 @@ def test_todays_session_comes_from_todays_chart_without_the_bar_still_trading(fa
         now=lambda: now,
     )
 
-    bars = source.intraday_bars("krx", [day], SYMBOLS[:2]).sort(KEY)
+    tomorrow = sessions_between("krx", day + dt.timedelta(days=1), day + dt.timedelta(days=10))[0]
+
+    bars = source.intraday_bars("krx", [day, tomorrow], [*SYMBOLS[:2], UNKNOWN]).sort(KEY)
 
     assert_frame_equal(bars, by_hand(fake, SYMBOLS[:2], [day], now=now))
+    assert list(source.missing) == [UNKNOWN]  # KIS's "no data": counted missing, not fatal
     assert bars["bar_start"].max() == seoul(day, 10, 45)
     # 09:00-11:07 is 128 minutes: five calls of 30, a minute before the oldest each time.
     calls = [c for c in fake.calls(MINUTE_TODAY) if c.query["FID_INPUT_ISCD"] == SYMBOLS[0]]
@@ -209,4 +220,4 @@ def test_todays_session_comes_from_todays_chart_without_the_bar_still_trading(fa
         "090700",
     ]
     assert calls[0].headers["tr_id"] == "FHKST03010200" and "FID_INPUT_DATE_1" not in calls[0].query
-    assert not fake.calls(MINUTE_DAY)
+    assert not fake.calls(MINUTE_DAY)  # and none for tomorrow's session, not traded yet

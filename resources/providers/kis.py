@@ -31,7 +31,7 @@ import polars as pl
 
 from checks.intraday_checks import SESSION_CLOSE, SESSION_OPEN, session_table
 from checks.rulebook import OHLCV_RULES
-from marketpipe_assets.markets import session_bounds
+from marketpipe_assets.markets import is_session, session_bounds
 from marketpipe_assets.schemas import INTRADAY_BAR_MINUTES, INTRADAY_BARS, PRICE_COLUMNS
 from resources.sources.base import ConfigurationError, SourceUnavailable
 
@@ -276,6 +276,11 @@ class KisSource(OneMarketDailyBars):
                 f"(the oldest day it can serve now is {oldest}); take intraday_bars before that "
                 "from another source"
             )
+        # A future session has no bars yet, a day without a session none at all.
+        today = now.astimezone(KST).date()
+        days = [d for d in days if d <= today and is_session(MARKET, d)]
+        if not days:
+            return pl.DataFrame(schema=INTRADAY_BARS)
         return run_sync(self._intraday(days, symbols, now))
 
     # Async calls for later steps ------------------------------------------------------------
@@ -390,8 +395,7 @@ class KisSource(OneMarketDailyBars):
         self, sessions: list[dt.date], symbols: Sequence[str], now: dt.datetime
     ) -> pl.DataFrame:
         today = now.astimezone(KST).date()
-        past = [d for d in sessions if d <= today]  # a future session has no bars yet
-        frames = await self._each(symbols, lambda c, symbol: c.minute_rows(symbol, past, today))
+        frames = await self._each(symbols, lambda c, symbol: c.minute_rows(symbol, sessions, today))
         return aggregate_minutes(pl.concat([pl.DataFrame(schema=RAW_MINUTES), *frames]), now=now)
 
 
