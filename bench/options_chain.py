@@ -16,7 +16,9 @@ Bare polars: the derived frame (what the rulebook sees), one filter expressing t
 `write_parquet` of the rows kept and of the rows rejected. It must keep exactly the rows
 marketpipe stores (status FAIL otherwise).
 
-`python -m bench.options_chain [--contracts N]` prints the figures as JSON.
+Both sides run `repeat` times, alternating; the best time of each is the figure (the machine is
+shared), every time is reported. `python -m bench.options_chain [--contracts N] [--repeat R]`
+prints the figures as JSON.
 """
 
 from __future__ import annotations
@@ -95,27 +97,33 @@ def bare_pass(frame: pl.DataFrame, directory: Path, low: float, high: float) -> 
     return len(kept)
 
 
-def run(contracts: int = CONTRACTS) -> dict:
+def run(contracts: int = CONTRACTS, repeat: int = 3) -> dict:
     session = dt.date.fromisoformat(past_keys("us", 1)[0])
     config = OptionChainConfig()
     started = time.perf_counter()
     raw, underlyings = generate(contracts, session)
     generation = time.perf_counter() - started
 
-    with tempfile.TemporaryDirectory(prefix="bench-options-") as tmp:
-        lake = LakeResource(url=str(Path(tmp, "lake")))
-        stages = Stages()
-        done = store_chains(lake, raw, underlyings, [session], config, stage=stages)
-        ours = stages.total
-        written = sum(f.stat().st_size for f in Path(tmp, "lake").rglob("*.parquet"))
-
-        # The bare pass starts from the frame the rulebook sees (derived outside its timing).
-        derived, _ = derive(raw, config.risk_free_rate, (config.iv_min, config.iv_max))
-        bare_dir = Path(tmp, "bare")
-        bare_dir.mkdir()
-        started = time.perf_counter()
-        bare_kept = bare_pass(derived, bare_dir, config.iv_min, config.iv_max)
-        bare = time.perf_counter() - started
+    # The two sides alternate, `repeat` times each, on a shared machine: the best of each counts.
+    derived, _ = derive(raw, config.risk_free_rate, (config.iv_min, config.iv_max))
+    ours_all, bare_all, best = [], [], None
+    for _ in range(repeat):
+        with tempfile.TemporaryDirectory(prefix="bench-options-") as tmp:
+            lake = LakeResource(url=str(Path(tmp, "lake")))
+            stages = Stages()
+            done = store_chains(lake, raw, underlyings, [session], config, stage=stages)
+            ours_all.append(stages.total)
+            if best is None or stages.total < best[0].total:
+                written = sum(f.stat().st_size for f in Path(tmp, "lake").rglob("*.parquet"))
+                best = (stages, done, written)
+            # The bare pass starts from the frame the rulebook sees (derived before any timing).
+            bare_dir = Path(tmp, "bare")
+            bare_dir.mkdir()
+            started = time.perf_counter()
+            bare_kept = bare_pass(derived, bare_dir, config.iv_min, config.iv_max)
+            bare_all.append(time.perf_counter() - started)
+    stages, done, written = best
+    ours, bare = min(ours_all), min(bare_all)
 
     # The solver alone on every contract's mid (a vendor that sends no IV at all).
     years = derived["days_to_expiry"].to_numpy() / DAYS_PER_YEAR
@@ -144,8 +152,10 @@ def run(contracts: int = CONTRACTS) -> dict:
         underlyings=len(underlyings),
         generation_seconds=round(generation, 2),
         marketpipe_seconds=round(ours, 3),
-        marketpipe_stages=stages.rounded(),
+        marketpipe_stages=stages.rounded(),  # of the best run
         bare_polars_seconds=round(bare, 3),
+        marketpipe_runs=[round(t, 3) for t in ours_all],
+        bare_polars_runs=[round(t, 3) for t in bare_all],
         validate_store_ratio=round(validate_store / bare, 3),
         stored=len(done.stored),
         quarantined=len(done.quarantined),
@@ -161,7 +171,9 @@ def run(contracts: int = CONTRACTS) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--contracts", type=int, default=CONTRACTS)
-    print(json.dumps(run(parser.parse_args().contracts), default=str))
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    print(json.dumps(run(args.contracts, args.repeat), default=str))
 
 
 if __name__ == "__main__":

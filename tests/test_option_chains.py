@@ -12,6 +12,7 @@ from checks.option_rules import (
     missing_underlyings,
     option_rules,
     parity_breaks,
+    rules_result,
 )
 from checks.rulebook import validate
 from marketpipe_assets.greeks import black_scholes
@@ -145,6 +146,18 @@ def test_absurd_vendor_iv_with_a_sane_quote_is_solved_from_the_mid():
     assert frame["delta"].gather(picked).null_count() == 0
     _, defect_counts = derive(option_chains(0, UNDERLYINGS, [SESSION], ["iv_out_of_range"]))
     assert defect_counts["unsolved"] == 1
+
+
+def test_rule_check_reports_stored_rows_that_break_rules():
+    frame = chain("bid_above_ask", "duplicate_contract")
+    validated = validate(frame, OPTION_RULES)
+    assert rules_result(validated.clean, validated, OPTION_RULES).passed
+    failed = rules_result(frame, validated, OPTION_RULES)  # as if the split had kept them
+    assert not failed.passed
+    assert failed.metadata["stored_rows_breaking_rules"].value == {
+        "bid_within_ask": 1,
+        "unique_contract": 2,
+    }
 
 
 def test_iv_range_is_configurable():
