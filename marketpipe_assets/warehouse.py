@@ -107,7 +107,9 @@ def warehouse_asset(market: str) -> dg.AssetsDefinition:
                 f"in every table ({', '.join(TABLES)}).",
             )
         ],
-        automation_condition=dg.AutomationCondition.eager(),
+        # Loads new sessions once prices and indicators landed and their blocking checks passed.
+        automation_condition=dg.AutomationCondition.eager()
+        & dg.AutomationCondition.all_deps_blocking_checks_passed(),
         group_name=market,
         kinds={"postgres", "polars"},
     )

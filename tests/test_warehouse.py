@@ -226,3 +226,25 @@ def test_an_unreachable_warehouse_names_the_variable(lake, instance):
     with pytest.raises(Exception, match="MARKETPIPE_WAREHOUSE_URL"), unreachable.transaction():
         pass
     assert psycopg2  # the driver the resource uses is the one dagster-postgres brings
+
+
+def test_the_warehouse_is_optional_and_wires_into_the_definitions(monkeypatch, lake, market_data):
+    from marketpipe_assets.definitions import assets
+    from marketpipe_assets.warehouse import warehouse_assets, warehouse_resources
+
+    monkeypatch.delenv("MARKETPIPE_WAREHOUSE_URL", raising=False)
+    assert warehouse_assets() == [] and warehouse_resources() == {}
+
+    monkeypatch.setenv("MARKETPIPE_WAREHOUSE_URL", "postgresql://postgres@127.0.0.1/unused")
+    added = warehouse_assets()
+    assert [a.key.to_user_string() for a in added] == ["krx/warehouse", "us/warehouse"]
+    defs = dg.Definitions(
+        assets=[a for a in assets if a.key.path[-1] != "warehouse"] + added,
+        resources={"lake": lake, "market_data": market_data, **warehouse_resources()},
+    )
+    dg.Definitions.validate_loadable(defs)  # both deps exist in the graph; the resource binds
+    graph = defs.resolve_asset_graph()
+    assert graph.get(dg.AssetKey(["us", "warehouse"])).parent_keys == {
+        dg.AssetKey(["us", "daily_prices"]),
+        dg.AssetKey(["us", "indicators"]),
+    }
