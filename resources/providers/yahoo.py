@@ -35,7 +35,10 @@ Option chains: `GET /v7/finance/options/{symbol}` lists the expirations; each ex
 `OPTION_HORIZON_DAYS` (90) days of the quote date is then fetched with `?date=<epoch>`. Yahoo's
 expiration epochs are 00:00 UTC of the expiry date, so they are read as UTC dates. Keys Yahoo
 leaves out (`volume` when a contract did not trade) become nulls, never zeros.
-`impliedVolatility` is already a fraction (2.27 = 227 %) and is kept as it is.
+`impliedVolatility` is already a fraction (2.27 = 227 %) and is kept as it is here; us/option_chains
+solves it from the mid where it is absent, 0 or outside the rule's range. Yahoo serves only the
+current chain: the asset stores it under the latest session (today's, or the last one on a weekend
+or holiday) and refuses to backfill with it (marketpipe_assets/options.py).
 """
 
 from __future__ import annotations
