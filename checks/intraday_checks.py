@@ -8,7 +8,6 @@ Blocking: INTRADAY_PRICE_RULES_CHECK (no stored bar breaks a rule) and INTRADAY_
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
 
 import dagster as dg
 import polars as pl
@@ -24,6 +23,7 @@ from .rulebook import (
     Rule,
     UniqueTogether,
     Validated,
+    WithinColumns,
     validate,
 )
 
@@ -36,22 +36,6 @@ BAR_COUNT_TOLERANCE = 0.90
 
 # Columns the validation adds (from session_bounds) and drops again.
 SESSION_OPEN, SESSION_CLOSE = "_session_open", "_session_close"
-
-
-@dataclass(frozen=True)
-class WithinColumns:
-    """lower <= column < upper, the bounds read from other columns; a missing bound (no such
-    session) breaks it, a missing value is left to NotNull."""
-
-    column: str
-    lower: str
-    upper: str
-
-    def broken(self) -> pl.Expr:
-        col = pl.col(self.column)
-        outside = (col < pl.col(self.lower)) | (col >= pl.col(self.upper))
-        no_bounds = pl.col(self.lower).is_null() | pl.col(self.upper).is_null()
-        return (outside.fill_null(False) | (no_bounds & col.is_not_null())).fill_null(False)
 
 
 REQUIRED_COLUMNS = ("symbol", "bar_start", "trade_date", *PRICE_COLUMNS, "volume")

@@ -6,6 +6,7 @@ breaks it) and its Great Expectations form, so both engines read the same defini
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import polars as pl
@@ -87,7 +88,23 @@ class UniqueTogether:
         }
 
 
-Constraint = NotNull | AtLeast | PairAtLeast | UniqueTogether
+@dataclass(frozen=True)
+class WithinColumns:
+    """lower <= column < upper, the bounds read from other columns; a missing bound (no such
+    session) breaks it, a missing value is left to NotNull."""
+
+    column: str
+    lower: str
+    upper: str
+
+    def broken(self) -> pl.Expr:
+        col = pl.col(self.column)
+        outside = (col < pl.col(self.lower)) | (col >= pl.col(self.upper))
+        no_bounds = pl.col(self.lower).is_null() | pl.col(self.upper).is_null()
+        return (outside.fill_null(False) | (no_bounds & col.is_not_null())).fill_null(False)
+
+
+Constraint = NotNull | AtLeast | PairAtLeast | UniqueTogether | WithinColumns
 
 
 @dataclass(frozen=True)
@@ -158,10 +175,21 @@ class Validated:
     violation_counts: dict[str, int]  # rows breaking each rule (a row may break several)
 
 
-def validate(frame: pl.DataFrame, rules: tuple[Rule, ...] = DAILY_PRICE_RULES) -> Validated:
-    """Split rows into clean and quarantined; nothing is dropped."""
+def validate(
+    frame: pl.DataFrame,
+    rules: tuple[Rule, ...] = DAILY_PRICE_RULES,
+    *,
+    widen: Callable[[pl.DataFrame, list[str]], pl.DataFrame] | None = None,
+) -> Validated:
+    """Split rows into clean and quarantined; nothing is dropped.
+
+    `widen(flagged, rule_names)` may spread each row's rule flags to related rows (an order
+    book's snapshot is quarantined whole) before the split.
+    """
     names = [r.name for r in rules]
     flagged = frame.with_columns(r.broken() for r in rules)
+    if widen is not None:
+        flagged = widen(flagged, names)
     counts = flagged.select(pl.col(n).sum() for n in names).row(0, named=True)
     bad = pl.any_horizontal(pl.col(n) for n in names)
     # Lists are built for the few bad rows only: building them for every row costs 100x more.

@@ -163,3 +163,12 @@ def _all_session_bounds(market: str) -> dict[dt.date, tuple[dt.datetime, dt.date
 def session_bounds(market: str, day: dt.date) -> tuple[dt.datetime, dt.datetime]:
     """(open, close) of the session in UTC; half days close early. KeyError if not a session."""
     return _all_session_bounds(market)[day]
+
+
+def capture_slots(market: str, day: dt.date, interval_minutes: int) -> list[dt.datetime]:
+    """The order-book capture times of a session (UTC): its open, then every
+    `interval_minutes` before its close."""
+    opens, closes = session_bounds(market, day)
+    step = dt.timedelta(minutes=interval_minutes)
+    count = max(1, -(-(closes - opens) // step))  # ceil
+    return [opens + i * step for i in range(count)]

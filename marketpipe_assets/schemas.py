@@ -37,6 +37,34 @@ INTRADAY_BARS = pl.Schema(
 )
 INTRADAY_BAR_MINUTES = 15
 
+# CONTRACT section 5 columns, plus `trade_date` (the session, as for intraday bars). An empty
+# level has null prices and zero sizes.
+ORDER_BOOK_LEVELS = 10
+ORDER_BOOK_SNAPSHOTS = pl.Schema(
+    {
+        "symbol": pl.String,
+        "snapshot_ts": pl.Datetime("us", "UTC"),
+        "level": pl.Int64,  # 1 (best) .. 10
+        "bid_price": pl.Float64,
+        "ask_price": pl.Float64,
+        "bid_size": pl.Int64,
+        "ask_size": pl.Int64,
+        "trade_date": pl.Date,
+    }
+)
+# Derived per row (marketpipe_assets/order_books.py): the snapshot's best-level mid, spread and
+# spread in percent of mid, the depth summed from level 1 to this level on each side, and the
+# imbalance of that depth, (bid - ask) / (bid + ask), in [-1, 1].
+ORDER_BOOKS = pl.Schema(
+    {
+        **ORDER_BOOK_SNAPSHOTS,
+        **{c: pl.Float64 for c in ("mid", "spread", "spread_pct")},
+        "cum_bid_size": pl.Int64,
+        "cum_ask_size": pl.Int64,
+        "imbalance": pl.Float64,
+    }
+)
+
 INDICATOR_COLUMNS = (
     "sma_20",
     "ema_20",

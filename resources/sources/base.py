@@ -63,7 +63,10 @@ class FallbackSource:
         self.name = ",".join(s.name for s in self.sources)
         self.last_failures: list[dict[str, str]] = []
 
-    def _first_available(self, call):
+    def first_available(self, call):
+        """call(source) on each source in order until one serves; SourceUnavailable when none
+        can, naming each one's reason. Datasets beyond daily bars use this for their own
+        dispatch (order books, option chains)."""
         failures: list[dict[str, str]] = []
         self.last_failures = failures
         for source in self.sources:
@@ -78,15 +81,17 @@ class FallbackSource:
         detail = "; ".join(f"{f['source']}: {f['reason']}" for f in failures)
         raise SourceUnavailable("every source in the chain failed: " + detail)
 
+    _first_available = first_available
+
     def universe(self, market: str) -> pl.DataFrame:
-        return self._first_available(lambda s: s.universe(market))
+        return self.first_available(lambda s: s.universe(market))
 
     def daily_bars(
         self, market: str, sessions: Sequence[dt.date], symbols: Sequence[str]
     ) -> pl.DataFrame:
-        return self._first_available(lambda s: s.daily_bars(market, sessions, symbols))
+        return self.first_available(lambda s: s.daily_bars(market, sessions, symbols))
 
     def intraday_bars(
         self, market: str, sessions: Sequence[dt.date], symbols: Sequence[str]
     ) -> pl.DataFrame:
-        return self._first_available(lambda s: intraday_bars(s, market, sessions, symbols))
+        return self.first_available(lambda s: intraday_bars(s, market, sessions, symbols))

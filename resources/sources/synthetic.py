@@ -141,8 +141,7 @@ class SyntheticSource:
         universe = universe.filter(pl.col("symbol").is_in(list(symbols)))
         if not len(wanted) or universe.is_empty():
             return pl.DataFrame(schema=DAILY_PRICES)
-        index_of = {_ticker(i, market): i for i in range(self.symbols)}
-        sym_idx = np.array([index_of[x] for x in universe["symbol"]], dtype=np.int64)
+        sym_idx = self.symbol_indices(market, universe["symbol"])
         cols = self._bars(market, sym_idx, wanted)
         keep = self._present(universe, sym_idx, wanted, epoch_sessions, market)
         sym_pos = np.broadcast_to(np.arange(len(sym_idx))[:, None], keep.shape)[keep]
@@ -156,6 +155,11 @@ class SyntheticSource:
             }
         )
         return self._inject_bad_rows(frame).with_columns(source=pl.lit(self.name))
+
+    def symbol_indices(self, market: str, symbols: Sequence[str]) -> np.ndarray:
+        """Each ticker's index, the key of its hashes."""
+        index_of = {_ticker(i, market): i for i in range(self.symbols)}
+        return np.array([index_of[x] for x in symbols], dtype=np.int64)
 
     def _present(self, universe, sym_idx, wanted, epoch_sessions, market) -> np.ndarray:
         """Mask of (symbol, session) cells with a bar: listed, not delisted, not missing."""
@@ -248,8 +252,7 @@ class SyntheticSource:
         universe = universe.filter(pl.col("symbol").is_in(list(symbols)))
         if not len(wanted) or universe.is_empty():
             return pl.DataFrame(schema=INTRADAY_BARS)
-        index_of = {_ticker(i, market): i for i in range(self.symbols)}
-        sym_idx = np.array([index_of[x] for x in universe["symbol"]], dtype=np.int64)
+        sym_idx = self.symbol_indices(market, universe["symbol"])
         daily = self._bars(market, sym_idx, wanted)
         present = self._present(universe, sym_idx, wanted, epoch_sessions, market)
         decimals = markets.MARKETS[market].price_decimals
@@ -308,3 +311,18 @@ class SyntheticSource:
             )
         frame = self._inject_bad_rows(pl.concat(frames))
         return frame.select(pl.col(c).cast(t) for c, t in INTRADAY_BARS.items())
+
+    def order_book_history(
+        self,
+        market: str,
+        sessions: Sequence[dt.date],
+        symbols: Sequence[str],
+        interval_minutes: int,
+        *,
+        at: dt.datetime | None = None,
+    ) -> pl.DataFrame:
+        """10-level snapshots at every capture slot of past or present sessions, or only at
+        the slot `at` (a live capture's view)."""
+        from .synthetic_books import order_book_history
+
+        return order_book_history(self, market, sessions, symbols, interval_minutes, at=at)
