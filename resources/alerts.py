@@ -11,8 +11,8 @@ mails, log lines, errors) is scrubbed of them and of the providers' keys.
 
 The failure log is one parquet file per alert,
 `<lake>/failure_log/date=<YYYY-MM-DD>/<run_id>.parquet` (the failed run's end date, UTC), written
-atomically by the lake; the file name is the alert's
-identity, so the sensor can tell an alert it already handled.
+atomically by the lake; the file name is the alert's identity, so the sensor can tell an alert
+it already handled.
 """
 
 from __future__ import annotations
@@ -118,7 +118,8 @@ class Alert:
     checks: list[dict] = field(default_factory=list)  # asset, check, description, metadata
 
     def payload(self) -> dict:
-        return {"event": self.kind, **asdict(self), "occurred_at": self.occurred_at.isoformat()}
+        fields = {k: v for k, v in asdict(self).items() if k != "kind"}
+        return {"event": self.kind, **fields, "occurred_at": self.occurred_at.isoformat()}
 
     def subject(self) -> str:
         what = "check failed" if self.kind == "check_failure" else "run failed"

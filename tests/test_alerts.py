@@ -98,9 +98,10 @@ def krx_down(monkeypatch):
         yield krx
 
 
-def test_provider_down_past_retries_alerts_once(channels, krx_down, lake, instance, caplog):
+def test_provider_down_past_retries_alerts_once(channels, krx_down, lake, instance, caplog, capfd):
     hook, smtp = channels
     sensor = Sensor(failure_alerts, instance, lake=lake)
+    before_the_run = sensor.cursor
     day = recent_sessions("krx", 1)[0]
 
     with caplog.at_level(logging.DEBUG):
@@ -145,15 +146,19 @@ def test_provider_down_past_retries_alerts_once(channels, krx_down, lake, instan
     assert row["error"] == alert["error"] and row["ui_url"] == alert["ui_url"]
     assert row["notified"] == ["webhook", "email"] and row["undelivered"] == []
 
-    # Again, and after a cursor reset: nothing more is sent or logged.
+    # Again, and from a cursor set back before the failure (a reset, a crashed tick): the
+    # failure log already has the run, so nothing more is sent or logged.
     assert sensor.tick() == []
-    sensor.cursor = None
-    sensor.tick()
+    sensor.cursor = before_the_run
+    assert sensor.tick() == []
     assert len(hook.posts()) == 1 and len(smtp.messages) == 1
     assert len(read_failure_log(lake)) == 1
 
-    # Secrets: not in what was sent, logged or stored.
-    sent = json.dumps(alert) + mail.as_string() + json.dumps(row, default=str) + caplog.text
+    # Secrets: not in what was sent, logged (by the run and the sensor) or stored.
+    logged = caplog.text + "".join(capfd.readouterr())  # Python logging and Dagster's console
+    assert "webhook: POSTed to http://127.0.0.1:" in logged  # the sensor's own log is in there
+    assert "HTTP 500" in logged  # and so is the run's
+    sent = json.dumps(alert) + mail.as_string() + json.dumps(row, default=str) + logged
     for secret in (HOOK_TOKEN, SMTP_PASSWORD, API_KEY):
         assert secret not in sent
 
