@@ -27,7 +27,7 @@ from resources.providers.base import run_sync
 from resources.providers.errors import NotFound
 from resources.sources.base import FallbackSource, Source, SourceUnavailable
 from resources.sources.synthetic import SyntheticSource
-from resources.sources.synthetic_options import option_chains
+from resources.sources.synthetic_options import VENDOR_COLUMNS, option_chains
 
 from .greeks import DAYS_PER_YEAR, RISK_FREE_RATE, black_scholes, implied_volatility
 from .markets import MARKETS, is_session, partition_dates, partitions_def, previous_session
@@ -36,6 +36,7 @@ from .prices import provider_pool
 from .schemas import OPTION_CHAINS, conform, quarantine_schema
 
 DATASET = "option_chains"
+VENDOR_SCHEMA = {c: OPTION_CHAINS[c] for c in VENDOR_COLUMNS}  # typed, so an empty chain derives
 log = logging.getLogger(__name__)
 
 
@@ -77,7 +78,7 @@ def fetch(source: Source, underlyings: Sequence[str], sessions: list[dt.date]) -
             missing.append(f"{symbol} ({exc})")
     if missing:  # the completeness check fails on them; the other underlyings are stored
         log.warning("%s options: no chain for %s", source.name, "; ".join(missing))
-    return pl.concat(frames) if frames else pl.DataFrame(schema=list(OPTION_CHAINS)[:13])
+    return pl.concat(frames) if frames else pl.DataFrame(schema=VENDOR_SCHEMA)
 
 
 def fill_implied_volatility(
@@ -105,9 +106,9 @@ def fill_implied_volatility(
     values = frame["implied_volatility"].to_numpy().astype(np.float64)  # a copy; null -> NaN
     values[rows.to_numpy()[take]] = solved[take]
     frame = frame.with_columns(implied_volatility=pl.Series(values).fill_nan(None))
-    n_solved = int(take.sum())
-    return frame, {"vendor": len(frame) - len(rows), "solved": n_solved,
-                   "unsolved": len(rows) - n_solved}  # fmt: skip
+    solved_count, vendor_count = int(take.sum()), len(frame) - len(rows)
+    return frame, {"vendor": vendor_count, "solved": solved_count,
+                   "unsolved": len(rows) - solved_count}  # fmt: skip
 
 
 def derive(

@@ -542,6 +542,12 @@ def test_option_chain_of_an_unknown_underlying_counts_as_missing(
     assert checks(result)["option_rules"]
     assert "no chain for NVDA" in caplog.text and "/v7/finance/options/NVDA" in caplog.text
     assert len([r for r in fake.requests if r.path == OPTIONS + "NVDA"]) == 1  # not retried
+    # No underlying known at all: an empty partition replaces the old one, completeness fails.
+    fake.unknown = set(SYMBOLS)
+    again = run_options(lake, instance)
+    assert again.get_asset_materialization_events()
+    assert stored_chain(lake, live).is_empty()
+    assert not checks(again)["underlying_completeness"] and checks(again)["option_rules"]
 
 
 def test_option_chains_fall_back_when_yahoo_is_down(lake, instance, fake, live):
