@@ -337,3 +337,48 @@ def test_backfilling_from_a_live_only_source_says_so(with_universe, instance, mo
     assert not result.success
     message = str(result.failure_data_for_node("krx__order_books").error.message)
     assert "live only" in message and day.isoformat() in message and "kis" in message
+
+
+def test_kis_live_books_are_captured_through_dagster_once_per_slot(
+    with_universe, instance, monkeypatch, tmp_path
+):
+    from resources.providers.breaker import shared_breaker
+    from tests.fakes.kis import BOOK, FakeKis
+
+    key, secret = "PSfakeKISappKEYbooks00000000", "fakeKISsecret-books"
+    monkeypatch.setenv("KIS_APP_KEY", key)
+    monkeypatch.setenv("KIS_APP_SECRET", secret)
+    monkeypatch.setenv("MARKETPIPE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("MARKETPIPE_KIS_RATE_LIMIT", "500/s")
+    shared_breaker("kis").record_success()
+    day = session("krx")
+    slot = capture_slots("krx", day, INTERVAL)[2]
+    symbols = SyntheticSource(symbols=SYMBOLS).universe("krx", today=day)["symbol"].to_list()
+    with FakeKis(key, secret, symbols=symbols) as fake:
+        monkeypatch.setenv("KIS_BASE_URL", fake.url)
+        fake.book_levels[symbols[0]] = 6  # a thin book: levels 7-10 are "0"
+        live = MarketDataResource(krx_source="kis", synthetic_symbols=SYMBOLS)
+        config = {"ops": {"capture_krx_order_books": {"config": {"slot": slot.isoformat()}}}}
+        for _ in range(2):  # the second run of the same slot finds it spooled
+            result = capture_job("krx").execute_in_process(
+                run_config=config,
+                resources={"lake": with_universe, "market_data": live},
+                instance=instance,
+            )
+            assert result.success
+        requests = len(fake.calls(BOOK))
+    universe = with_universe.read_table("universe", "krx")
+    active = universe.filter(
+        (pl.col("listing_date") <= day)
+        & (pl.col("delisting_date").is_null() | (pl.col("delisting_date") > day))
+    )
+    books = BookSpool(tmp_path / "spool").read("krx", [day])
+    assert requests == len(active)  # one book per active symbol, and none for the repeat
+    assert set(books["symbol"]) == set(active["symbol"]) and len(books) == 10 * len(active)
+    assert books["trade_date"].unique().to_list() == [day]
+    thin = books.filter(pl.col("symbol") == symbols[0], pl.col("level") > 6)
+    assert thin["bid_price"].null_count() == 4 and thin["ask_size"].sum() == 0
+    validated = validate_order_books(books, "krx", [day])
+    # The books are well-formed; their time is when the fake answered, not the slot's session,
+    # so only `within_session_hours` can object to them.
+    assert set(validated.quarantined["violations"].explode()) <= {"within_session_hours"}
