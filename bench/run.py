@@ -76,6 +76,22 @@ def ingest(symbols: int, rate: int) -> dict:
     )
 
 
+def order_book_session(symbols: int) -> dict:
+    """(f) One session of one-minute 10-level snapshots: validate, derive, store vs bare polars."""
+    from . import order_books
+
+    out = order_books.run(symbols=symbols)
+    return row(
+        f"f. order books, {symbols:,} symbols x 1-min session",
+        "ratio to bare polars pass",
+        f"{out['marketpipe_s']:.1f} s vs bare {out['bare_polars_s']:.1f} s "
+        f"({out['rows'] / 1e6:.1f}M rows)",
+        out["ratio_to_bare"],
+        "INFO",
+        details=out,
+    )
+
+
 def table(rows: list[dict]) -> str:
     lines = [f"{'benchmark':<50} {'target':<28} {'measured':<48} {'ratio':>6}  status"]
     for r in rows:
@@ -92,7 +108,7 @@ def main() -> int:
     parser.add_argument("--symbols", type=int, default=2500)
     parser.add_argument("--sessions", type=int, default=2500)
     parser.add_argument("--quick", action="store_true", help="250 symbols x 250 sessions")
-    parser.add_argument("--only", default="abcde", help="subset of a-e (default abcde)")
+    parser.add_argument("--only", default="abcdef", help="subset of a-f (default all)")
     parser.add_argument("--kis-full", action="store_true", help="(e) at 2,500 symbols, 20/s")
     parser.add_argument("--no-unbatched", action="store_true", help="skip unbatched CLI runs")
     args = parser.parse_args()
@@ -125,6 +141,9 @@ def main() -> int:
             done(daily(args.market, args.symbols))
         if "e" in args.only:
             done(ingest(*((2500, 20) if args.kis_full else (400, 100))))
+        if "f" in args.only:
+            done(order_book_session(args.symbols))
+            gc.collect()
         if "a" in args.only:
             batches = [backfill.BATCH] + ([] if args.no_unbatched else [None])
             for batch in batches:
