@@ -1,4 +1,4 @@
-"""(f) One day of a full-market US options chain (1.5 million contracts, synthetic): marketpipe's
+"""(g) One day of a full-market US options chain (1.5 million contracts, synthetic): marketpipe's
 validate-and-store path against a bare polars pass over the same data.
 
 Generation (not timed with either side): the synthetic source's chains (every Friday expiry
@@ -141,7 +141,7 @@ def run(contracts: int = CONTRACTS, repeat: int = 3) -> dict:
     same = bare_kept == len(done.stored)
     validate_store = ours - stages.seconds["derive"]
     return row(
-        f"f. options chain, {len(raw):,} contracts, one session",
+        f"g. options chain, {len(raw):,} contracts, one session",
         "report (issue 4: time and ratio to a bare polars pass)",
         f"marketpipe {ours:.2f} s vs bare polars {bare:.2f} s",
         ours / bare,
