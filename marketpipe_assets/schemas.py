@@ -105,6 +105,29 @@ OPTION_CHAINS = pl.Schema(
     }
 )
 
+# CONTRACT section 5, plus `trade_id`: the trade's identity (the provider's id, or a hash of its
+# fields and its position in the stream), which makes every flush and replay idempotent.
+TRADES = pl.Schema(
+    {
+        "symbol": pl.String,
+        "ts": pl.Datetime("ms", "UTC"),
+        "price": pl.Float64,
+        "size": pl.Float64,
+        "source": pl.String,
+        "trade_id": pl.String,
+    }
+)
+
+TRADE_AGGREGATES = pl.Schema(
+    {
+        "symbol": pl.String,
+        "hour_start": pl.Datetime("ms", "UTC"),
+        "trades": pl.Int64,
+        "volume": pl.Float64,
+        "vwap": pl.Float64,
+    }
+)
+
 
 def quarantine_schema(schema: pl.Schema) -> pl.Schema:
     return pl.Schema({**schema, "violations": pl.List(pl.String)})

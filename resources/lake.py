@@ -162,6 +162,25 @@ class LakeResource(dg.ConfigurableResource):
         return path
 
     # Reading --------------------------------------------------------------------------------
+    def write_file(self, relative: str, frame: pl.DataFrame) -> str:
+        """Write one parquet file at `<lake>/<relative>` atomically (datasets made of several
+        files per partition, such as micro-batches of trades). Returns its path."""
+        path = f"{self.root}/{relative}"
+        self._write_file(frame, path)
+        return path
+
+    def read_files(self, pattern: str, schema: Mapping[str, pl.DataType]) -> pl.DataFrame:
+        """Every parquet file matching `<lake>/<pattern>` (a glob; hidden temp files never
+        match), cast to `schema`; none -> an empty frame."""
+        paths = sorted(p for p in self.fs.glob(f"{self.root}/{pattern}") if p.endswith(".parquet"))
+        if not paths:
+            return pl.DataFrame(schema=dict(schema))
+        if self.is_local:
+            frame = pl.read_parquet(paths, columns=list(schema))
+        else:
+            frame = pl.from_arrow(pq.read_table(paths, columns=list(schema), filesystem=self.fs))
+        return frame.cast(dict(schema)).rechunk()
+
     def existing_days(self, dataset: str, market: str) -> set[dt.date]:
         try:
             entries = self.fs.ls(self.market_dir(dataset, market), detail=False)
