@@ -15,7 +15,9 @@ the session never changes. One consequence: quarantine written today by a backfi
 older than the retention is removed by the next cleanup; keep it longer with the variable above.
 Spool files are dated by their path (`date=YYYY-MM-DD` folders or `...YYYY-MM-DD...` names), and by
 their modification time only when the path has no date. "Older than N days" means
-date < today - N (UTC): a date exactly N days back is kept.
+date < today - N (UTC): a date exactly N days back is kept. A spool session folder
+`<dataset>/market=<m>/date=<D>` whose lake partition `<lake>/<dataset>/market=<m>/date=<D>` does
+not exist yet is kept whatever its age: the spool is the only copy of what was not ingested.
 """
 
 import datetime as dt
@@ -27,16 +29,15 @@ from dataclasses import dataclass
 import dagster as dg
 import fsspec
 
+from resources.book_spool import spool_dir
 from resources.lake import LakeResource
 
 from .freshness import evaluation_time
 
 QUARANTINE_DAYS_VARIABLE = "MARKETPIPE_QUARANTINE_RETENTION_DAYS"
 SPOOL_DAYS_VARIABLE = "MARKETPIPE_SPOOL_RETENTION_DAYS"
-SPOOL_DIR_VARIABLE = "MARKETPIPE_SPOOL_DIR"
 DEFAULT_QUARANTINE_DAYS = 30
 DEFAULT_SPOOL_DAYS = 3
-DEFAULT_SPOOL_DIR = "data/spool"
 # The capture folders of the spool; anything else there (a cursor, a lock) is not ours to age.
 SPOOL_DATASETS = ("order_books", "trades")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -106,13 +107,18 @@ def expired_quarantine(lake: LakeResource, cutoff: dt.date) -> list[Expired]:
     return _group(units, cutoff)
 
 
-def expired_spool(spool_dir: str, cutoff: dt.date) -> tuple[fsspec.AbstractFileSystem, list]:
-    """Spool files or dated folders (the first dated part of a path) from before `cutoff`."""
-    fs, root = fsspec.core.url_to_fs(spool_dir)
+def expired_spool(
+    folder: str, cutoff: dt.date, lake: LakeResource
+) -> tuple[fsspec.AbstractFileSystem, list[Expired], list[Expired]]:
+    """Spool files or dated folders (the first dated part of a path) from before `cutoff`:
+    (filesystem, to delete, kept because their session is not in the lake yet)."""
+    fs, root = fsspec.core.url_to_fs(folder)
     root = root.rstrip("/")
     units: dict[str, list] = defaultdict(lambda: [None, 0])
+    pending: set[str] = set()
     for dataset in SPOOL_DATASETS:
         base = f"{root}/{dataset}"
+        stored: dict[str, set[dt.date]] = {}
         for path, info in _files(fs, base).items():
             parts = path[len(base) + 1 :].split("/")
             dated = next((i for i, part in enumerate(parts) if _path_date(part)), None)
@@ -120,9 +126,20 @@ def expired_spool(spool_dir: str, cutoff: dt.date) -> tuple[fsspec.AbstractFileS
                 unit, day = path, _modified(info)
             else:
                 unit, day = f"{base}/{'/'.join(parts[: dated + 1])}", _path_date(parts[dated])
+                if len(parts) > 2 and parts[0].startswith("market=") and dated == 1:
+                    market = parts[0][len("market=") :]
+                    if market not in stored:
+                        stored[market] = lake.existing_days(dataset, market)
+                    if day not in stored[market]:
+                        pending.add(unit)
             units[unit][0] = day
             units[unit][1] += int(info.get("size") or 0)
-    return fs, _group(units, cutoff)
+    expired = _group(units, cutoff)
+    return (
+        fs,
+        [e for e in expired if e.path not in pending],
+        [e for e in expired if e.path in pending],
+    )
 
 
 class RetentionConfig(dg.Config):
@@ -158,18 +175,21 @@ def remove_expired(
     )
     s_days = config.spool_days
     s_days = retention_days(SPOOL_DAYS_VARIABLE, DEFAULT_SPOOL_DAYS) if s_days is None else s_days
-    spool_dir = config.spool_dir or os.environ.get(SPOOL_DIR_VARIABLE, DEFAULT_SPOOL_DIR)
+    folder = config.spool_dir or str(spool_dir())
 
     quarantine = expired_quarantine(lake, today - dt.timedelta(days=q_days))
-    spool_fs, spool = expired_spool(spool_dir, today - dt.timedelta(days=s_days))
+    spool_fs, spool, pending = expired_spool(folder, today - dt.timedelta(days=s_days), lake)
     if not config.dry_run:
         _remove(lake.fs, quarantine)
         _remove(spool_fs, spool)
     verb = "would delete" if config.dry_run else "deleted"
     context.log.info(
         f"{verb} {len(quarantine)} quarantine partition(s) older than {q_days} days and "
-        f"{len(spool)} spool path(s) older than {s_days} days (as of {today})"
+        f"{len(spool)} spool path(s) older than {s_days} days (as of {today}); kept "
+        f"{len(pending)} expired spool session(s) not yet stored in the lake"
     )
+    for item in pending:
+        context.log.warning(f"kept {item.path}: its session is not in the lake yet")
     summary = {
         "dry_run": config.dry_run,
         "as_of": today.isoformat(),
@@ -186,6 +206,7 @@ def remove_expired(
             "quarantine_bytes": summary["quarantine"]["bytes"],
             "spool_paths": len(spool),
             "spool_bytes": summary["spool"]["bytes"],
+            "spool_kept_not_ingested": dg.MetadataValue.json([e.path for e in pending][:_LISTED]),
             ("would_delete" if config.dry_run else "deleted"): dg.MetadataValue.json(
                 {"quarantine": summary["quarantine"]["listed"], "spool": summary["spool"]["listed"]}
             ),

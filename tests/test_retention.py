@@ -13,7 +13,6 @@ import pytest
 from marketpipe_assets.freshness import NOW_VARIABLE
 from marketpipe_assets.retention import (
     QUARANTINE_DAYS_VARIABLE,
-    SPOOL_DIR_VARIABLE,
     retention_job,
     retention_schedule,
 )
@@ -23,6 +22,7 @@ from tests.test_lake import s3_server  # noqa: F401  (moto's S3 server on 127.0.
 D = dt.date
 TODAY = D(2026, 11, 21)  # MARKETPIPE_NOW below
 OLD, BOUNDARY, RECENT, ANCIENT = D(2026, 10, 21), D(2026, 10, 22), D(2026, 11, 20), D(2016, 1, 4)
+SPOOL_DIR_VARIABLE = "MARKETPIPE_SPOOL_DIR"
 
 
 @pytest.fixture(autouse=True)
@@ -72,6 +72,8 @@ def make_spool(root: Path) -> None:
         "order_books/market=us/date=2026-11-17/book-1.jsonl": None,  # 4 days: goes
         "order_books/market=us/date=2026-11-18/book-1.jsonl": None,  # exactly 3 days: stays
         "order_books/market=krx/date=2026-11-21/book-1.jsonl": None,
+        # Expired, but its session never reached the lake: the spool is the only copy.
+        "order_books/market=krx/date=2026-11-10/slot=20261110T000000Z.parquet": None,
         "trades/us/2026-11-10.jsonl": None,  # dated file name: goes
         "trades/us/2026-11-20.jsonl": None,
         "trades/us/undated-old.jsonl": ten_days_ago,  # no date in the path: its mtime, goes
@@ -109,6 +111,9 @@ def test_dry_run_lists_and_deletes_nothing_then_the_run_deletes_only_expired_dat
     lake, tmp_path, instance
 ):
     fill_lake(lake)
+    # The expired us order-book sessions were compacted into the lake: their spool can go.
+    for day in (D(2026, 11, 17), D(2026, 11, 18)):
+        lake.write_partitions("order_books", "us", frame(day), [day])
     spool = tmp_path / "spool"
     make_spool(spool)
     lake_before, spool_before = lake_files(lake), spool_files(spool)
@@ -141,6 +146,9 @@ def test_dry_run_lists_and_deletes_nothing_then_the_run_deletes_only_expired_dat
     assert meta["spool_bytes"] == 3 * len("{}\n" * 5)
     assert meta["quarantine_bytes"] > 20  # two parquet files plus the two 10-byte hour files
     assert meta["deleted"]["quarantine"] == listed["quarantine"]
+    assert meta["spool_kept_not_ingested"] == [
+        str(spool / "order_books/market=krx/date=2026-11-10")
+    ]
 
     # A second run has nothing left to do.
     assert metadata(run(lake, instance, spool_dir=str(spool)))["quarantine_paths"] == 0
