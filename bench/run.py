@@ -17,7 +17,7 @@ import warnings
 
 import dagster as dg
 
-from . import backfill, indicators_vs_talib, rules_vs_ge
+from . import backfill, indicators_vs_talib, options_chain, rules_vs_ge
 from .common import REPO, past_keys, row, verdict
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
@@ -108,7 +108,7 @@ def main() -> int:
     parser.add_argument("--symbols", type=int, default=2500)
     parser.add_argument("--sessions", type=int, default=2500)
     parser.add_argument("--quick", action="store_true", help="250 symbols x 250 sessions")
-    parser.add_argument("--only", default="abcdef", help="subset of a-f (default all)")
+    parser.add_argument("--only", default="abcdefg", help="subset of a-g (default all)")
     parser.add_argument("--kis-full", action="store_true", help="(e) at 2,500 symbols, 20/s")
     parser.add_argument("--no-unbatched", action="store_true", help="skip unbatched CLI runs")
     args = parser.parse_args()
@@ -143,6 +143,9 @@ def main() -> int:
             done(ingest(*((2500, 20) if args.kis_full else (400, 100))))
         if "f" in args.only:
             done(order_book_session(args.symbols))
+            gc.collect()
+        if "g" in args.only:
+            done(options_chain.run(100_000 if args.quick else options_chain.CONTRACTS))
             gc.collect()
         if "a" in args.only:
             batches = [backfill.BATCH] + ([] if args.no_unbatched else [None])

@@ -59,7 +59,7 @@ def fetch(source: Source, underlyings: Sequence[str], sessions: list[dt.date]) -
     """Vendor columns of every underlying's chain on every session; a chain moves on when a
     source has no options (SourceUnavailable). A symbol without options is simply absent."""
     if isinstance(source, FallbackSource):
-        return source._first_available(lambda s: fetch(s, underlyings, sessions))
+        return source.first_available(lambda s: fetch(s, underlyings, sessions))
     if isinstance(source, SyntheticSource):
         return option_chains(source.seed, underlyings, sessions)
     if not hasattr(source, "option_chain"):

@@ -81,8 +81,6 @@ class FallbackSource:
         detail = "; ".join(f"{f['source']}: {f['reason']}" for f in failures)
         raise SourceUnavailable("every source in the chain failed: " + detail)
 
-    _first_available = first_available
-
     def universe(self, market: str) -> pl.DataFrame:
         return self.first_available(lambda s: s.universe(market))
 
