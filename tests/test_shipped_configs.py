@@ -20,6 +20,7 @@ from dagster._core.instance.config import dagster_instance_config
 
 from marketpipe_assets.automation import price_job
 from marketpipe_assets.definitions import defs
+from marketpipe_assets.instance_config import instance_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -92,7 +93,9 @@ def test_dagster_yaml_builds_a_real_instance():
 
 def test_dagster_yaml_with_the_postgres_storage_validates(tmp_path, monkeypatch):
     monkeypatch.setenv("MARKETPIPE_PG_URL", PSYCOPG2_URL)
-    config = {**load(REPO / "dagster.yaml"), **load(DEPLOY / "dagster-postgres.yaml")}
+    # Exactly what `make` writes into $DAGSTER_HOME when MARKETPIPE_PG_URL is set.
+    config = yaml.safe_load(instance_yaml({"MARKETPIPE_PG_URL": PSYCOPG2_URL}))
+    assert config == {**load(REPO / "dagster.yaml"), **load(DEPLOY / "dagster-postgres.yaml")}
     validated = validate_instance(tmp_path, config)
     assert validated["storage"]["postgres"]["postgres_url"] == {"env": "MARKETPIPE_PG_URL"}
 
