@@ -257,13 +257,14 @@ FAILURE_LOG_SCHEMA = {
 }
 
 
-def failure_log_path(lake: LakeResource, alert: Alert) -> str:
+def failure_log_file(alert: Alert) -> str:
+    """The alert's file, relative to the lake root."""
     day = alert.occurred_at.astimezone(dt.UTC).date().isoformat()
-    return f"{lake.root}/{FAILURE_LOG}/date={day}/{alert.run_id}.parquet"
+    return f"{FAILURE_LOG}/date={day}/{alert.run_id}.parquet"
 
 
 def already_logged(lake: LakeResource, alert: Alert) -> bool:
-    return lake.fs.exists(failure_log_path(lake, alert))
+    return lake.fs.exists(f"{lake.root}/{failure_log_file(alert)}")
 
 
 def record_failure(
@@ -282,20 +283,12 @@ def record_failure(
         "notified": notified,
         "undelivered": list(undelivered.values()),  # each names its channel
     }
-    frame = pl.DataFrame([row], schema=FAILURE_LOG_SCHEMA)
-    path = failure_log_path(lake, alert)
     # Atomic (temp file and rename, or one S3 PUT), like every lake write; see lake.py.
-    lake._write_file(frame, path)
-    return path
+    return lake.write_file(failure_log_file(alert), pl.DataFrame([row], schema=FAILURE_LOG_SCHEMA))
 
 
 def read_failure_log(lake: LakeResource) -> pl.DataFrame:
     """Every failure-log row, oldest first (empty with the log's columns when there are none)."""
-    paths = sorted(lake.fs.glob(f"{lake.root}/{FAILURE_LOG}/date=*/*.parquet"))
-    if not paths:
-        return pl.DataFrame(schema=FAILURE_LOG_SCHEMA)
-    frames = []
-    for path in paths:
-        with lake.fs.open(path, "rb") as fh:
-            frames.append(pl.read_parquet(fh))
-    return pl.concat(frames).sort("occurred_at")
+    return lake.read_files(f"{FAILURE_LOG}/date=*/*.parquet", FAILURE_LOG_SCHEMA).sort(
+        "occurred_at"
+    )
