@@ -14,6 +14,7 @@ from checks.ge_check import GREAT_EXPECTATIONS
 from resources.market_data import MarketDataResource
 from resources.sources.files import FilesSource
 
+from .freshness import SYMBOL_FRESHNESS
 from .markets import MARKETS, all_sessions, is_session, partitions_def
 
 # Dagster's tags for a single run over a partition range (what the CLI's --partition-range sets).
@@ -25,10 +26,14 @@ RANGE_END_TAG = "dagster/asset_partition_range_end"
 def price_job(market: str):
     return dg.define_asset_job(
         f"{market}_daily_prices",
-        # Prices with their inline checks; the GE cross-check runs on its own (checks/ge_check.py).
+        # Prices with their inline checks; the GE cross-check (checks/ge_check.py) and the
+        # morning freshness check (freshness.py) run on their own.
         selection=dg.AssetSelection.assets([market, "daily_prices"])
         - dg.AssetSelection.checks(
-            dg.AssetCheckKey(dg.AssetKey([market, "daily_prices"]), GREAT_EXPECTATIONS)
+            *(
+                dg.AssetCheckKey(dg.AssetKey([market, "daily_prices"]), check)
+                for check in (GREAT_EXPECTATIONS, SYMBOL_FRESHNESS)
+            )
         ),
         partitions_def=partitions_def(market),
         description=f"Ingest and check {market.upper()} daily prices for one session or a range.",

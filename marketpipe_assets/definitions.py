@@ -8,14 +8,17 @@ from checks.ge_check import ge_asset_check
 from resources.lake import LakeResource
 from resources.market_data import MarketDataResource
 
+from .alerting import alert_sensors
 from .automation import landing_file_sensor, market_schedule, price_job
 from .book_capture import capture_schedule
+from .freshness import freshness_checks, freshness_job, freshness_schedules, with_freshness
 from .indicators import indicators_asset
 from .intraday import intraday_bars_asset
 from .markets import MARKETS
 from .options import option_chains_asset
 from .order_books import order_books_asset
 from .prices import daily_prices_asset, universe_asset
+from .retention import retention_job, retention_schedule
 
 assets = [
     build(market)
@@ -28,14 +31,27 @@ assets = [
         order_books_asset,
     )
 ] + [option_chains_asset()]
-jobs = [price_job(market) for market in MARKETS]
+assets = with_freshness(assets)
+jobs = [
+    *(price_job(m) for m in MARKETS),
+    *(freshness_job(m, d) for m in MARKETS for d in ("daily_prices", "intraday_bars")),
+    retention_job,
+]
 
 defs = dg.Definitions(
     assets=assets,
-    asset_checks=[ge_asset_check(m) for m in MARKETS],
+    asset_checks=[
+        *(ge_asset_check(m) for m in MARKETS),
+        *(check for m in MARKETS for check in freshness_checks(m)),
+    ],
     jobs=jobs,
-    schedules=[market_schedule(m) for m in MARKETS] + [capture_schedule(m) for m in MARKETS],
-    sensors=[landing_file_sensor(market) for market in MARKETS],
+    schedules=[
+        *(market_schedule(m) for m in MARKETS),
+        *(capture_schedule(m) for m in MARKETS),
+        *(s for m in MARKETS for s in freshness_schedules(m)),
+        retention_schedule,
+    ],
+    sensors=[*(landing_file_sensor(m) for m in MARKETS), *alert_sensors()],
     resources={
         "lake": LakeResource(url=os.environ.get("MARKETPIPE_LAKE_URL", "data/lake")),
         "market_data": MarketDataResource.from_env(),

@@ -19,6 +19,7 @@ from resources.sources.base import FallbackSource, intraday_bars
 from .markets import partition_dates, partitions_def
 from .metadata import preview
 from .prices import load_universe, provider_pool
+from .retries import provider_retries
 from .schemas import INTRADAY_BARS, conform
 
 
@@ -40,6 +41,7 @@ def intraday_bars_asset(market: str) -> dg.AssetsDefinition:
         kinds={"polars", "parquet"},
         pool=provider_pool(market),
     )
+    @provider_retries
     def intraday(
         context: dg.AssetExecutionContext, lake: LakeResource, market_data: MarketDataResource
     ):

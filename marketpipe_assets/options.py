@@ -33,6 +33,7 @@ from .greeks import DAYS_PER_YEAR, RISK_FREE_RATE, black_scholes, implied_volati
 from .markets import MARKETS, is_session, partition_dates, partitions_def, previous_session
 from .metadata import preview
 from .prices import provider_pool
+from .retries import provider_retries
 from .schemas import OPTION_CHAINS, conform, quarantine_schema
 
 DATASET = "option_chains"
@@ -190,6 +191,7 @@ def option_chains_asset() -> dg.AssetsDefinition:
         kinds={"polars", "parquet"},
         pool=provider_pool("us"),
     )
+    @provider_retries
     def option_chains_(
         context: dg.AssetExecutionContext,
         config: OptionChainConfig,

@@ -29,6 +29,7 @@ from resources.sources.books import order_book_history
 from .markets import partition_dates, partitions_def
 from .metadata import preview
 from .prices import load_universe, provider_pool
+from .retries import provider_retries
 from .schemas import ORDER_BOOK_LEVELS, ORDER_BOOKS
 
 DATASET = "order_books"
@@ -92,6 +93,7 @@ def order_books_asset(market: str) -> dg.AssetsDefinition:
         kinds={"polars", "parquet"},
         pool=provider_pool(market),
     )
+    @provider_retries
     def order_books(
         context: dg.AssetExecutionContext, lake: LakeResource, market_data: MarketDataResource
     ):

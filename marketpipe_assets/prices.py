@@ -20,6 +20,7 @@ from resources.sources.base import FallbackSource
 
 from .markets import MARKETS, partition_dates, partitions_def, previous_session
 from .metadata import markdown_table, preview
+from .retries import provider_retries
 from .schemas import DAILY_PRICES, UNIVERSE, conform
 
 
@@ -43,6 +44,7 @@ def universe_asset(market: str) -> dg.AssetsDefinition:
         kinds={"polars", "parquet"},
         pool=provider_pool(market),
     )
+    @provider_retries
     def universe(lake: LakeResource, market_data: MarketDataResource) -> dg.MaterializeResult:
         """Every symbol listed on the market over time, with listing and delisting dates."""
         frame = market_data.universe(market).unique("symbol", keep="last").sort("symbol")
@@ -88,6 +90,7 @@ def daily_prices_asset(market: str) -> dg.AssetsDefinition:
         kinds={"polars", "parquet"},
         pool=provider_pool(market),
     )
+    @provider_retries
     def daily_prices(
         context: dg.AssetExecutionContext, lake: LakeResource, market_data: MarketDataResource
     ):

@@ -18,6 +18,13 @@ warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 SYMBOLS = 60  # small universes keep each materialization well under a second
 
 
+@pytest.fixture(autouse=True)
+def _no_step_retries(monkeypatch):
+    # Ingestion steps retry provider outages after minutes (marketpipe_assets/retries.py);
+    # a test that exercises the retries sets its own short schedule.
+    monkeypatch.setenv("MARKETPIPE_STEP_RETRIES", "0")
+
+
 @pytest.fixture
 def lake(tmp_path) -> LakeResource:
     return LakeResource(url=str(tmp_path / "lake"))
