@@ -1,0 +1,185 @@
+"""Websocket frames of each trade feed -> spool rows (trade_spool.ROW_COLUMNS), and the
+subscribe messages. Pure functions: no socket, no clock beyond the arguments.
+
+A frame that cannot be read becomes one row with its `problem` and text; a trade whose fields
+cannot be read keeps them null (the rules quarantine it as `required_fields`) with the trade's
+text in `raw`. Nothing raises: a bad frame never stops the collector.
+
+Identity (`trade_id`): Finnhub and KIS send no trade id, so it is a hash of what identifies the
+trade within the feed: Finnhub's source, symbol, ts, price, size, conditions and position in its
+frame; KIS's symbol, business date, time, price, size and the day's cumulative volume (which
+grows with every trade). A frame sent again hashes to the same ids, so the spool stores it once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from functools import cache
+
+from resources.providers.values import SEOUL
+
+FINNHUB, KIS, SYNTHETIC = "finnhub", "kis", "synthetic"
+KIS_TRADES = "H0STCNT0"
+KIS_PINGPONG = "PINGPONG"
+KIS_FIELD_COUNT = 46
+# Positions in a H0STCNT0 record (providers.md 5.4).
+_SYMBOL, _TIME, _PRICE, _VOLUME, _CUMULATIVE, _BUSINESS_DATE = 0, 1, 2, 12, 13, 33
+RAW_LIMIT = 4_000  # characters of a rejected frame kept for the quarantine
+
+
+@dataclass
+class Frame:
+    rows: list[tuple] = field(default_factory=list)
+    reply: str | None = None  # to send back (KIS PINGPONG echo)
+    note: str | None = None  # a control frame worth a log line
+
+
+def trade_id(key: str) -> str:
+    return hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
+
+
+def rejected(source: str, text: str, received: int, problem: str) -> Frame:
+    """A frame that could not be read: one quarantine row, identified by its text."""
+    row = (trade_id(f"{source}\x1fframe\x1f{text}"), None, None, None, None, source, received,
+           problem, text[:RAW_LIMIT])  # fmt: skip
+    return Frame([row])
+
+
+def _number(value: object) -> float | None:
+    """A finite JSON number (not a bool, not NaN, which would pass `price > 0` in polars)."""
+    if type(value) in (int, float) and math.isfinite(value):  # type: ignore[arg-type]
+        return float(value)  # type: ignore[arg-type]
+    return None
+
+
+# Finnhub -------------------------------------------------------------------------------------
+def finnhub_subscribe(symbols: list[str]) -> list[str]:
+    return [json.dumps({"type": "subscribe", "symbol": s}) for s in symbols]
+
+
+def parse_finnhub(text: str, received: int, source: str = FINNHUB) -> Frame:
+    try:
+        message = json.loads(text)
+    except ValueError:
+        return rejected(source, text, received, "malformed_json")
+    if not isinstance(message, dict):
+        return rejected(source, text, received, "not_a_json_object")
+    kind = message.get("type")
+    if kind == "ping":  # keep-alive; Finnhub documents no reply
+        return Frame()
+    if kind == "error":
+        return Frame(note=f"{source} error frame: {message.get('msg')!r}")
+    data = message.get("data")
+    if kind != "trade" or not isinstance(data, list):
+        return rejected(source, text, received, "not_a_trade_frame")
+    rows = []
+    for position, trade in enumerate(data):
+        if not isinstance(trade, dict):
+            trade = {"unreadable": trade}
+        s, p, t, v, c = (trade.get(k) for k in ("s", "p", "t", "v", "c"))
+        symbol = s if type(s) is str and s else None
+        price, size = _number(p), _number(v)
+        ts = t if type(t) is int else (int(t) if type(t) is float and t.is_integer() else None)
+        key = f"{source}\x1f{s!r}\x1f{t!r}\x1f{p!r}\x1f{v!r}\x1f{c!r}\x1f{position}"
+        readable = symbol is not None and price is not None and size is not None and ts is not None
+        raw = None if readable else json.dumps(trade)[:RAW_LIMIT]
+        rows.append((trade_id(key), symbol, ts, price, size, source, received, None, raw))
+    return Frame(rows)
+
+
+# KIS -----------------------------------------------------------------------------------------
+def kis_subscribe(approval_key: str, symbols: list[str]) -> list[str]:
+    return [
+        json.dumps(
+            {
+                "header": {
+                    "approval_key": approval_key,
+                    "custtype": "P",
+                    "tr_type": "1",
+                    "content-type": "utf-8",
+                },
+                "body": {"input": {"tr_id": KIS_TRADES, "tr_key": s}},
+            }
+        )
+        for s in symbols
+    ]
+
+
+@cache
+def _seoul_midnight_ms(day: str) -> int | None:
+    try:
+        date = dt.datetime.strptime(day, "%Y%m%d").date()
+    except ValueError:
+        return None
+    return int(dt.datetime.combine(date, dt.time(), SEOUL).timestamp()) * 1000
+
+
+def _kis_ts(day: str, hhmmss: str) -> int | None:
+    midnight = _seoul_midnight_ms(day)
+    if midnight is None or len(hhmmss) != 6 or not hhmmss.isdigit():
+        return None
+    h, m, s = int(hhmmss[:2]), int(hhmmss[2:4]), int(hhmmss[4:])
+    if h > 23 or m > 59 or s > 59:
+        return None
+    return midnight + ((h * 60 + m) * 60 + s) * 1000
+
+
+def _text_number(text: str) -> float | None:
+    try:
+        value = float(text.replace(",", ""))
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def parse_kis(text: str, received: int, today: dt.date) -> Frame:
+    """`today` (Seoul) dates a record without a business date (BSOP_DATE)."""
+    if text.startswith("{"):
+        return _kis_control(text, received)
+    parts = text.split("|", 3)
+    if len(parts) != 4 or not parts[2].isdigit():
+        return rejected(KIS, text, received, "malformed_frame")
+    flag, tr_id, count, body = parts[0], parts[1], int(parts[2]), parts[3]
+    if flag != "0":
+        return rejected(KIS, text, received, "encrypted_frame")
+    if tr_id != KIS_TRADES:
+        return rejected(KIS, text, received, "unexpected_tr_id")
+    fields = body.split("^")
+    if count < 1 or len(fields) != count * KIS_FIELD_COUNT:
+        return rejected(KIS, text, received, "field_count")
+    rows = []
+    fallback_day = today.strftime("%Y%m%d")
+    for k in range(count):
+        record = fields[k * KIS_FIELD_COUNT : (k + 1) * KIS_FIELD_COUNT]
+        day = record[_BUSINESS_DATE] or fallback_day
+        ts = _kis_ts(day, record[_TIME])
+        symbol = record[_SYMBOL] or None
+        price, size = _text_number(record[_PRICE]), _text_number(record[_VOLUME])
+        key = "\x1f".join((KIS, record[_SYMBOL], day, record[_TIME], record[_PRICE],
+                           record[_VOLUME], record[_CUMULATIVE]))  # fmt: skip
+        readable = symbol is not None and price is not None and size is not None and ts is not None
+        raw = None if readable else "^".join(record)
+        rows.append((trade_id(key), symbol, ts, price, size, KIS, received, None, raw))
+    return Frame(rows)
+
+
+def _kis_control(text: str, received: int) -> Frame:
+    try:
+        message = json.loads(text)
+        header = message["header"]
+        tr_id = header["tr_id"]
+    except (ValueError, KeyError, TypeError):
+        return rejected(KIS, text, received, "malformed_json")
+    if tr_id == KIS_PINGPONG:
+        return Frame(reply=text)  # KIS closes a session whose PINGPONG is not echoed
+    body = message.get("body") or {}
+    if body.get("rt_cd") not in (None, "0"):
+        return Frame(
+            note=f"kis refused {tr_id} {header.get('tr_key')}: "
+            f"{body.get('msg_cd')} {body.get('msg1')}"
+        )
+    return Frame()
