@@ -1,54 +1,37 @@
 """Trade rules and the asset checks of `<market>/trade_aggregates`.
 
-TRADE_RULES_CHECK: the trades an hour was built from are valid (positive price and size, inside
-their session give or take SESSION_TOLERANCE, one row per trade_id); breaking trades are left out
-of the aggregates and quarantined with their rules. AGGREGATES_RECONCILE: what was stored (read
-back from the lake) adds up to the trades it came from, per symbol and hour, and the per-minute
-statistics add up to the hourly ones.
-"""
+TRADE_RULES_CHECK: the trades an hour was built from are valid (the collector's ingest rules:
+positive price and size, inside their session give or take its tolerance; and one row per
+trade_id); breaking trades are left out of the aggregates and quarantined with their rules.
+AGGREGATES_RECONCILE: what was stored (read back from the lake) adds up to the trades it came
+from, per symbol and hour, and the per-minute statistics add up to the hourly ones."""
 
 from __future__ import annotations
-
-import datetime as dt
 
 import dagster as dg
 import polars as pl
 
-from marketpipe_assets.markets import MARKETS, session_bounds
 from marketpipe_assets.metadata import markdown_table
 from marketpipe_assets.schemas import TRADES
+from resources.collector.rules import TRADE_RULES as INGEST_RULES
+from resources.collector.rules import check_trades
 
-from .rulebook import AtLeast, NotNull, Rule, UniqueTogether, Validated, WithinColumns, validate
+from .rulebook import Rule, UniqueTogether, Validated, validate
 
 TRADE_RULES_CHECK = "trade_rules"
 AGGREGATES_RECONCILE = "aggregates_reconcile"
-# Trades stamped just outside the session (the closing auction, clock skew between the venue and
-# the feed) are still the session's; further out they are extended-hours trades.
-SESSION_TOLERANCE = dt.timedelta(minutes=5)
 # Sums of floats regrouped per minute and per hour differ in the last bits only.
 RELATIVE_TOLERANCE = 1e-9
 
-SESSION_OPEN, SESSION_CLOSE = "_session_open", "_session_close"
-
-TRADE_RULES: tuple[Rule, ...] = (
-    Rule(
-        "required_fields",
-        "symbol, ts, price, size and trade_id are present",
-        tuple(NotNull(c) for c in ("symbol", "ts", "price", "size", "trade_id")),
-    ),
-    Rule("positive_price", "price > 0", (AtLeast("price", 0, strict=True),)),
-    Rule("positive_size", "size > 0", (AtLeast("size", 0, strict=True),)),
-    Rule(
-        "within_session",
-        f"session open - {SESSION_TOLERANCE} <= ts < session close + {SESSION_TOLERANCE}",
-        (WithinColumns("ts", SESSION_OPEN, SESSION_CLOSE),),
-    ),
-    Rule(
-        "unique_trade_id",
-        "one trade per trade_id (identical re-flushed copies are dropped before this rule)",
-        (UniqueTogether(("trade_id",)),),
-    ),
+# The collector's ingest rules (required fields, positive price and size, inside the session
+# give or take MARKETPIPE_TRADE_SESSION_TOLERANCE_MINUTES), re-checked on what reached the lake,
+# plus the one only the lake can break: a trade_id stored twice with different contents.
+UNIQUE_TRADE_ID = Rule(
+    "unique_trade_id",
+    "one trade per trade_id (identical re-flushed copies are dropped before this rule)",
+    (UniqueTogether(("trade_id",)),),
 )
+TRADE_RULES: tuple[Rule, ...] = (*INGEST_RULES, UNIQUE_TRADE_ID)
 
 
 def drop_exact_duplicates(trades: pl.DataFrame) -> pl.DataFrame:
@@ -57,41 +40,20 @@ def drop_exact_duplicates(trades: pl.DataFrame) -> pl.DataFrame:
     return trades.unique(subset=list(TRADES), keep="first", maintain_order=True)
 
 
-def _local_day(market: str) -> pl.Expr:
-    return pl.col("ts").dt.convert_time_zone(MARKETS[market].timezone).dt.date()
-
-
-def _session_table(market: str, trades: pl.DataFrame) -> pl.DataFrame:
-    """Open and close (widened by the tolerance) of the session each trade's local date is."""
-    days = trades.select(_local_day(market).unique().drop_nulls().sort()).to_series()
-    rows = []
-    for day in days:
-        try:
-            opens, closes = session_bounds(market, day)
-        except KeyError:  # not a session: the trades keep null bounds and break the rule
-            continue
-        rows.append((day, opens - SESSION_TOLERANCE, closes + SESSION_TOLERANCE))
-    return pl.DataFrame(
-        rows,
-        schema={
-            "_day": pl.Date,
-            SESSION_OPEN: pl.Datetime("ms", "UTC"),
-            SESSION_CLOSE: pl.Datetime("ms", "UTC"),
-        },
-        orient="row",
-    )
-
-
 def validate_trades(trades: pl.DataFrame, market: str) -> Validated:
-    """Split (exact-duplicate-free) trades into clean and quarantined; TRADES columns kept."""
-    with_bounds = trades.with_columns(_day=_local_day(market)).join(
-        _session_table(market, trades), on="_day", how="left", maintain_order="left"
+    """Split (exact-duplicate-free) TRADES rows into clean and quarantined (with `violations`)."""
+    as_spooled = trades.with_columns(
+        received=pl.col("ts"), problem=pl.lit(None, pl.String), raw=pl.lit(None, pl.String)
     )
-    result = validate(with_bounds, TRADE_RULES)
+    ingest = check_trades(as_spooled, market)
+    unique = validate(ingest.clean.select(trades.columns), (UNIQUE_TRADE_ID,))
+    columns = [*trades.columns, "violations"]
     return Validated(
-        clean=result.clean.select(trades.columns),
-        quarantined=result.quarantined.select(*trades.columns, "violations"),
-        violation_counts=result.violation_counts,
+        clean=unique.clean,
+        quarantined=pl.concat(
+            [ingest.quarantined.select(columns), unique.quarantined.select(columns)]
+        ),
+        violation_counts={**ingest.violation_counts, **unique.violation_counts},
     )
 
 
