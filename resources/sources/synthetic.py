@@ -89,6 +89,21 @@ def _ticker(i: int, market: str) -> str:
 
 
 @dataclass(frozen=True)
+class Selection:
+    """What a request for (sessions, symbols) covers, shared by every generator: the sessions
+    since the epoch in order, their epoch positions, the requested symbols listed by then with
+    their hash indices, the daily OHLCV matrices and the cells with a daily bar (symbols x
+    sessions)."""
+
+    sessions: list[dt.date]
+    wanted: np.ndarray
+    symbols: pl.Series
+    sym_idx: np.ndarray
+    bars: dict[str, np.ndarray]
+    present: np.ndarray
+
+
+@dataclass(frozen=True)
 class SyntheticSource:
     symbols: int = 500
     seed: int = 0
@@ -132,6 +147,26 @@ class SyntheticSource:
     def daily_bars(
         self, market: str, sessions: Sequence[dt.date], symbols: Sequence[str]
     ) -> pl.DataFrame:
+        chosen = self.select(market, sessions, symbols)
+        if chosen is None:
+            return pl.DataFrame(schema=DAILY_PRICES)
+        keep = chosen.present
+        sym_pos = np.broadcast_to(np.arange(len(chosen.sym_idx))[:, None], keep.shape)[keep]
+        day_pos = np.broadcast_to(np.arange(len(chosen.sessions))[None, :], keep.shape)[keep]
+        days = np.array(chosen.sessions, dtype="datetime64[D]")
+        frame = pl.DataFrame(
+            {
+                "symbol": chosen.symbols.gather(sym_pos),
+                "trade_date": days[day_pos],
+                **{name: values[keep] for name, values in chosen.bars.items()},
+            }
+        )
+        return self._inject_bad_rows(frame).with_columns(source=pl.lit(self.name))
+
+    def select(
+        self, market: str, sessions: Sequence[dt.date], symbols: Sequence[str]
+    ) -> Selection | None:
+        """The Selection of a request; None when it covers no session or no symbol."""
         epoch_sessions = self._epoch_sessions(market)
         position = {d: i for i, d in enumerate(epoch_sessions)}
         wanted = np.array(
@@ -140,21 +175,16 @@ class SyntheticSource:
         universe = self.universe(market, today=max(sessions, default=EPOCH))
         universe = universe.filter(pl.col("symbol").is_in(list(symbols)))
         if not len(wanted) or universe.is_empty():
-            return pl.DataFrame(schema=DAILY_PRICES)
+            return None
         sym_idx = self.symbol_indices(market, universe["symbol"])
-        cols = self._bars(market, sym_idx, wanted)
-        keep = self._present(universe, sym_idx, wanted, epoch_sessions, market)
-        sym_pos = np.broadcast_to(np.arange(len(sym_idx))[:, None], keep.shape)[keep]
-        day_pos = np.broadcast_to(wanted[None, :], keep.shape)[keep]
-        days = np.array(epoch_sessions, dtype="datetime64[D]")
-        frame = pl.DataFrame(
-            {
-                "symbol": universe["symbol"].gather(sym_pos),
-                "trade_date": days[day_pos],
-                **{name: values[keep] for name, values in cols.items()},
-            }
+        return Selection(
+            sessions=[epoch_sessions[p] for p in wanted],
+            wanted=wanted,
+            symbols=universe["symbol"],
+            sym_idx=sym_idx,
+            bars=self._bars(market, sym_idx, wanted),
+            present=self._present(universe, sym_idx, wanted, epoch_sessions, market),
         )
-        return self._inject_bad_rows(frame).with_columns(source=pl.lit(self.name))
 
     def symbol_indices(self, market: str, symbols: Sequence[str]) -> np.ndarray:
         """Each ticker's index, the key of its hashes."""
@@ -243,23 +273,14 @@ class SyntheticSource:
         single bars go missing at `missing_rate`, and a `bad_row_rate` share of bars is broken
         in the daily ways plus, as often as each of those, stamped outside the session's hours.
         """
-        epoch_sessions = self._epoch_sessions(market)
-        position = {d: i for i, d in enumerate(epoch_sessions)}
-        wanted = np.array(
-            sorted(position[d] for d in set(sessions) if d in position), dtype=np.int64
-        )
-        universe = self.universe(market, today=max(sessions, default=EPOCH))
-        universe = universe.filter(pl.col("symbol").is_in(list(symbols)))
-        if not len(wanted) or universe.is_empty():
+        chosen = self.select(market, sessions, symbols)
+        if chosen is None:
             return pl.DataFrame(schema=INTRADAY_BARS)
-        sym_idx = self.symbol_indices(market, universe["symbol"])
-        daily = self._bars(market, sym_idx, wanted)
-        present = self._present(universe, sym_idx, wanted, epoch_sessions, market)
+        sym_idx, daily, present = chosen.sym_idx, chosen.bars, chosen.present
         decimals = markets.MARKETS[market].price_decimals
         step = dt.timedelta(minutes=INTRADAY_BAR_MINUTES)
         frames = []
-        for j, pos in enumerate(wanted):
-            day = epoch_sessions[pos]
+        for j, (pos, day) in enumerate(zip(chosen.wanted, chosen.sessions, strict=True)):
             opens_at, closes_at = markets.session_bounds(market, day)
             n = max(1, int((closes_at - opens_at) / step))
             slots = pos * _MAX_SLOTS + np.arange(n, dtype=np.int64)
@@ -294,7 +315,7 @@ class SyntheticSource:
             frames.append(
                 pl.DataFrame(
                     {
-                        "symbol": universe["symbol"].gather(sym_pos),
+                        "symbol": chosen.symbols.gather(sym_pos),
                         "bar_start": starts,
                         "open": np.round(open_[keep], decimals),
                         "high": np.round(high[keep], decimals),

@@ -23,7 +23,7 @@ from marketpipe_assets import markets
 from marketpipe_assets.markets import capture_slots
 from marketpipe_assets.schemas import ORDER_BOOK_LEVELS, ORDER_BOOK_SNAPSHOTS
 
-from .synthetic import EPOCH, SyntheticSource, hashes, shocks, uniform_pair, uniforms
+from .synthetic import SyntheticSource, hashes, shocks, uniform_pair, uniforms
 
 DEFECTS = ("crossed", "unordered_levels", "negative_size", "missing_level", "outside_session")
 _MID, _SPREAD_THIN, _SIZE, _MISS_BAD, _KIND = range(30, 35)
@@ -51,33 +51,15 @@ def order_book_history(
 ) -> pl.DataFrame:
     """Snapshots of `symbols` at every capture slot of `sessions` (ORDER_BOOK_SNAPSHOTS), or
     only at the slot `at` (what a live capture at that time would see)."""
-    epoch_sessions = source._epoch_sessions(market)
-    position = {d: i for i, d in enumerate(epoch_sessions)}
-    wanted = np.array(sorted(position[d] for d in set(sessions) if d in position), dtype=np.int64)
-    universe = source.universe(market, today=max(sessions, default=EPOCH))
-    universe = universe.filter(pl.col("symbol").is_in(list(symbols)))
-    if not len(wanted) or universe.is_empty():
+    chosen = source.select(market, sessions, symbols)
+    if chosen is None:
         return pl.DataFrame(schema=ORDER_BOOK_SNAPSHOTS)
-    sym_idx = source.symbol_indices(market, universe["symbol"])
-    daily = source._bars(market, sym_idx, wanted)
-    present = source._present(universe, sym_idx, wanted, epoch_sessions, market)
     frames = [
-        _session_books(
-            source,
-            market,
-            epoch_sessions[pos],
-            pos,
-            universe["symbol"],
-            sym_idx,
-            daily["open"][:, j],
-            daily["close"][:, j],
-            daily["volume"][:, j],
-            present[:, j],
-            interval_minutes,
-            at,
-        )  # fmt: skip
-        for j, pos in enumerate(wanted)
-    ]
+        _session_books(source, market, day, pos, chosen.symbols, chosen.sym_idx,
+                       chosen.bars["open"][:, j], chosen.bars["close"][:, j],
+                       chosen.bars["volume"][:, j], chosen.present[:, j], interval_minutes, at)
+        for j, (pos, day) in enumerate(zip(chosen.wanted, chosen.sessions, strict=True))
+    ]  # fmt: skip
     return pl.concat(frames)
 
 
