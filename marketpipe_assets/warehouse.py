@@ -51,17 +51,17 @@ def load_sessions(
     started, load = time.perf_counter(), Load(sorted(sessions))
     try:
         with warehouse.transaction() as cur:
-            for table in TABLES:
+            # Table after table: one table's index pages at a time compete for Postgres' cache.
+            for table, schema in TABLES.items():
                 load.deleted[table] = delete_sessions(cur, table, market, load.sessions)
-                load.lake_counts[table] = Counter()
-            for i in range(0, len(load.sessions), SESSIONS_PER_BATCH):
-                chunk = load.sessions[i : i + SESSIONS_PER_BATCH]
-                for table, schema in TABLES.items():
+                load.lake_counts[table] = counts = Counter()
+                for i in range(0, len(load.sessions), SESSIONS_PER_BATCH):
+                    chunk = load.sessions[i : i + SESSIONS_PER_BATCH]
                     frame = lake.read_partitions(
                         table, market, schema, first=chunk[0], last=chunk[-1]
                     ).filter(pl.col("trade_date").is_in(chunk))
                     copy_rows(cur, table, market, frame)
-                    load.lake_counts[table].update(dict(frame["trade_date"].value_counts().rows()))
+                    counts.update(dict(frame["trade_date"].value_counts().rows()))
     except psycopg2.Error as exc:
         raise WarehouseLoadError(
             f"{market}: loading sessions {load.sessions[0]}..{load.sessions[-1]} into the "
