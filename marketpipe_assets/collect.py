@@ -22,10 +22,9 @@ import sys
 
 from marketpipe_assets.markets import MARKETS
 from resources.collector.feeds import feed_from_env
-from resources.collector.flusher import Flusher
+from resources.collector.flusher import LOG_FORMAT, FlusherProcess
 from resources.collector.formats import FINNHUB, KIS, SYNTHETIC
 from resources.collector.runner import Collector
-from resources.lake import LakeResource
 from resources.sources.base import ConfigurationError
 from resources.trade_spool import TradeSpool, spool_path
 
@@ -56,21 +55,18 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-async def _collect(collector: Collector, flusher: Flusher, drain_seconds: float) -> bool:
+async def _collect(collector: Collector, flusher: FlusherProcess) -> bool:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, collector.stop)
-    flusher.start()
     await collector.run()
     logger.info("stopping: flushing the spool to the lake")
-    return await asyncio.to_thread(flusher.finish, drain_seconds)
+    return await asyncio.to_thread(flusher.finish)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=LOG_FORMAT)
     symbols = [s.strip() for s in args.symbols.split(",") if s.strip()]
     try:
         if not symbols:
@@ -81,9 +77,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"not --market {args.market}"
             )
         feed = feed_from_env(args.source, args.market, symbols, seed=args.seed, rate=args.rate)
-        flusher = Flusher(
+        flusher = FlusherProcess(
             spool_path(args.market),
-            LakeResource(url=os.environ.get("MARKETPIPE_LAKE_URL") or "data/lake"),
+            os.environ.get("MARKETPIPE_LAKE_URL") or "data/lake",
             args.market,
             interval=_float_env("MARKETPIPE_TRADE_FLUSH_SECONDS", 5.0),
             retention_days=_float_env("MARKETPIPE_SPOOL_RETENTION_DAYS", 3.0),
@@ -95,13 +91,14 @@ def main(argv: list[str] | None = None) -> int:
     collector = Collector(feed, spool)
     logger.info("collecting %s trades of %s from %s into %s", args.market, ",".join(symbols),
                 args.source, spool.path)  # fmt: skip
+    flusher.start(args.drain_seconds)
     try:
-        empty = asyncio.run(_collect(collector, flusher, args.drain_seconds))
+        empty = asyncio.run(_collect(collector, flusher))
     finally:
         spool.close()
     summary = {
         "receive": vars(collector.stats),
-        "flush": vars(flusher.stats),
+        "flush": flusher.stats,
         "spool_empty": empty,
     }
     logger.info("collector stopped: %s", json.dumps(summary))

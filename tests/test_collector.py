@@ -285,7 +285,8 @@ def test_collector_survives_kill_and_lake_outage_and_stores_every_trade_once(
                 wait_for(lambda: spool_rows(spool_dir, market) == expected_rows, 10,
                          "every sent row in the spool")  # fmt: skip
                 assert second.poll() is None, "the collector died while the lake was away"
-                assert "lake write failed" in logs[1].read_text()
+                wait_for(lambda: "lake write failed" in logs[1].read_text(), 15,
+                         "the flusher to find the lake away")  # fmt: skip
                 # 3. The lake comes back: the backlog is replayed in order.
                 lake_dir.unlink()
                 away.rename(lake_dir)

@@ -10,11 +10,17 @@ keeps growing; nothing is marked flushed that is not in the lake.
 
 from __future__ import annotations
 
+import ctypes
+import fcntl
 import logging
+import multiprocessing
+import os
+import queue
 import random
+import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from marketpipe_assets.schemas import TRADES
@@ -26,6 +32,7 @@ from .rules import QUARANTINE, SESSION, check_trades
 
 logger = logging.getLogger("marketpipe.collector.flusher")
 PRUNE_EVERY_SECONDS = 3_600.0
+LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 
 @dataclass
@@ -56,7 +63,6 @@ class Flusher:
         self.retry = retry or RetryPolicy.from_env()
         self.stats = FlushStats()
         self.stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def _timed(self, stage: str, started: float) -> float:
         now = time.perf_counter()
@@ -91,8 +97,9 @@ class Flusher:
             logger.warning("quarantined %d rows of spool batch %s: %s", len(batch), name, broken)
         return len(batch)
 
-    def drain(self, spool: TradeSpool, deadline: float) -> bool:
-        """Flush until the spool is empty (True) or the deadline (monotonic) passes."""
+    def drain(self, spool: TradeSpool, deadline: float, *, final: bool = False) -> bool:
+        """Flush until the spool is empty (True) or the deadline (monotonic) passes. Backoff
+        waits end early when the flusher is stopped, unless this is the final drain."""
         failures = 0
         while time.monotonic() < deadline:
             try:
@@ -102,7 +109,7 @@ class Flusher:
             except Exception as exc:  # the lake is down or unwritable: wait, keep the rows
                 failures += 1
                 self.stats.failures += 1
-                wait = self._backoff(failures)
+                wait = min(self._backoff(failures), max(0.0, deadline - time.monotonic()))
                 logger.warning(
                     "lake write failed (attempt %d, %d rows waiting in the spool), retrying in "
                     "%.1f s: %s",
@@ -111,7 +118,9 @@ class Flusher:
                     wait,
                     exc,
                 )
-                if self.stop.wait(min(wait, max(0.0, deadline - time.monotonic()))):
+                if final:
+                    time.sleep(wait)
+                elif self.stop.wait(wait):
                     return False
         return False
 
@@ -119,7 +128,13 @@ class Flusher:
         base = self.retry.initial * 2 ** (failures - 1)
         return min(self.retry.maximum, base + random.uniform(0, self.retry.jitter))
 
-    def run(self) -> None:
+    def run(self, drain_seconds: float) -> bool:
+        """Flush every `interval` until stopped, then flush what is left for up to
+        `drain_seconds`. True when the spool ended empty; otherwise the rest waits in the spool
+        for the next start. One flusher per spool at a time (a lock file): two would race on
+        the flushed mark."""
+        lock = open(f"{self.spool_file}.flush-lock", "w")  # noqa: SIM115 (held for the run)
+        fcntl.flock(lock, fcntl.LOCK_EX)
         spool = TradeSpool(self.spool_file)
         last_prune = 0.0
         try:
@@ -130,25 +145,73 @@ class Flusher:
                         logger.info("pruned %d flushed rows older than %s days", pruned,
                                     self.retention_days)  # fmt: skip
                     last_prune = time.monotonic()
-                # Full batches go out back to back; a partial one waits for the interval.
+                # Everything waiting goes out in full batches; then wait for the next interval.
                 self.drain(spool, time.monotonic() + self.interval)
                 self.stop.wait(self.interval)
+            return self.drain(spool, time.monotonic() + drain_seconds, final=True)
         finally:
             spool.close()
+            lock.close()
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self.run, name="trade-flusher", daemon=True)
-        self._thread.start()
 
-    def finish(self, timeout: float) -> bool:
-        """Stop the loop, then flush what is left for up to `timeout` seconds. True when the
-        spool is empty; otherwise the rest waits in the spool for the next start."""
-        self.stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        self.stop.clear()
-        spool = TradeSpool(self.spool_file)
-        try:
-            return self.drain(spool, time.monotonic() + timeout)
-        finally:
-            spool.close()
+def _flush_in_child(parent: int, lake_url: str, args: tuple, options: dict, stop, results):
+    """The flusher process: dies with its parent (a SIGKILLed collector leaves no orphan
+    flushing behind the next one), leaves signals to the parent, reports its stats at the end."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before prctl
+        os._exit(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    spool_file, market, drain_seconds = args
+    flusher = Flusher(spool_file, LakeResource(url=lake_url), market, **options)
+    flusher.stop = stop
+    empty = flusher.run(drain_seconds)
+    results.put((empty, asdict(flusher.stats)))
+
+
+class FlusherProcess:
+    """The flusher in a process of its own: reading the spool back and writing parquet would
+    otherwise compete with the receive loop for the interpreter lock (measured: BENCHMARKS.md)."""
+
+    def __init__(self, spool_file: Path, lake_url: str, market: str, **options):
+        self._context = multiprocessing.get_context("spawn")  # no fork of a threaded process
+        self._stop = self._context.Event()
+        self._results = self._context.Queue()
+        self._spec = (spool_file, lake_url, market, options)
+        self.stats: dict = {}
+        self._process = None
+
+    def start(self, drain_seconds: float) -> None:
+        spool_file, lake_url, market, options = self._spec
+        self._process = self._context.Process(
+            target=_flush_in_child,
+            args=(
+                os.getpid(),
+                lake_url,
+                (spool_file, market, drain_seconds),
+                options,
+                self._stop,
+                self._results,
+            ),  # fmt: skip
+            name="trade-flusher",
+            daemon=True,
+        )
+        self._process.start()
+
+    def finish(self) -> bool:
+        """Stop it and wait for its final drain; True when the spool ended empty."""
+        self._stop.set()
+        assert self._process is not None
+        while True:
+            try:
+                empty, self.stats = self._results.get(timeout=1.0)
+                break
+            except queue.Empty:
+                if not self._process.is_alive():
+                    logger.error("the flusher process died (exit code %s); the spool keeps "
+                                 "its rows for the next start", self._process.exitcode)  # fmt: skip
+                    return False
+        self._process.join()
+        return empty
