@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import os
+import resource
 import signal
 import sys
 
@@ -96,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         empty = asyncio.run(_collect(collector, flusher))
     finally:
         spool.close()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    collector.stats.seconds["cpu"] = usage.ru_utime + usage.ru_stime
     summary = {
         "receive": vars(collector.stats),
         "flush": flusher.stats,

@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import queue
 import random
+import resource
 import signal
 import threading
 import time
@@ -168,6 +169,8 @@ def _flush_in_child(parent: int, lake_url: str, args: tuple, options: dict, stop
     flusher = Flusher(spool_file, LakeResource(url=lake_url), market, **options)
     flusher.stop = stop
     empty = flusher.run(drain_seconds)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    flusher.stats.seconds["cpu"] = usage.ru_utime + usage.ru_stime
     results.put((empty, asdict(flusher.stats)))
 
 
