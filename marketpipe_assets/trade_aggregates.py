@@ -6,6 +6,7 @@ Lake layout (one file per hour, each replaced atomically, written in this order)
   trade_minutes/market=<m>/date=<UTC day>/hour=<HH>/part-0.parquet      TRADE_MINUTES
   trade_aggregates/market=<m>/date=<UTC day>/hour=<HH>/part-0.parquet   TRADE_AGGREGATES
   trade_aggregate_sources/market=<m>/date=<UTC day>/hour=<HH>/part-0.parquet
+plus quarantine/trade_aggregates/... (same layout) for the trades an hour rejected.
 The sources file, written last, records the highest trades batch id of each trades folder the
 hour was built from: a batch with a higher id is newer than the aggregate, so readers (the
 queries) know whether the stored hour is complete or must be recomputed from raw trades.
@@ -42,7 +43,9 @@ DATASET = "trade_aggregates"
 MINUTES_DATASET = "trade_minutes"
 SOURCES_DATASET = "trade_aggregate_sources"
 TRADES_DATASET = "trades"
-QUARANTINE_DATASET = f"quarantine/{TRADES_DATASET}"
+# The trades an hour's aggregation rejected, beside the aggregates (the collector's own rejects
+# are per batch under quarantine/trades).
+QUARANTINE_DATASET = f"quarantine/{DATASET}"
 
 _UTC_MS = pl.Datetime("ms", "UTC")
 TRADE_MINUTES = pl.Schema(
@@ -260,18 +263,20 @@ def complete_hours(lake: LakeResource, market: str, hours: list[dt.datetime]) ->
 def minute_stats(trades: pl.DataFrame) -> pl.DataFrame:
     """Per symbol and minute: TRADE_MINUTES plus `notional` (sum of price x size)."""
     price = pl.col("price")
-    frame = trades.group_by("symbol", minute_start=pl.col("ts").dt.truncate("1m")).agg(
+    # In time order, open and close are each group's first and last price (half the cost of
+    # arg_min/arg_max lookups); batches read in flush order are sorted but for late trades.
+    ordered = trades.lazy() if trades["ts"].is_sorted() else trades.lazy().sort("ts")
+    frame = ordered.group_by("symbol", minute_start=pl.col("ts").dt.truncate("1m")).agg(
         trades=pl.len().cast(pl.Int64),
         volume=pl.col("size").sum(),
         notional=(price * pl.col("size")).sum(),
-        open=price.get(pl.col("ts").arg_min()),
+        open=price.first(),
         high=price.max(),
         low=price.min(),
-        close=price.get(pl.col("ts").arg_max()),
+        close=price.last(),
     )
-    return frame.with_columns(vwap=pl.col("notional") / pl.col("volume")).sort(
-        "minute_start", "symbol"
-    )
+    frame = frame.with_columns(vwap=pl.col("notional") / pl.col("volume"))
+    return frame.sort("minute_start", "symbol").collect()
 
 
 def hourly_stats(minutes: pl.DataFrame) -> pl.DataFrame:
@@ -366,7 +371,7 @@ def trade_aggregates_asset(market: str) -> dg.AssetsDefinition:
     def trade_aggregates(context: dg.AssetExecutionContext, lake: LakeResource):
         """Per hour (UTC) and symbol: trades, volume and VWAP of the de-duplicated valid trades,
         with per-minute trades, volume, VWAP and OHLC in `trade_minutes`; invalid trades are
-        quarantined under quarantine/trades with their rules."""
+        quarantined under quarantine/trade_aggregates with their rules."""
         hours = sorted(hour_from_key(k) for k in context.partition_keys)
         now = dt.datetime.now(dt.UTC)
         by_day: dict[dt.date, list[dt.datetime]] = {}
@@ -417,7 +422,7 @@ def grace_period() -> dt.timedelta:
 
 
 @cache
-def trade_aggregates_job(market: str) :
+def trade_aggregates_job(market: str):
     return dg.define_asset_job(
         f"{market}_trade_aggregates",
         selection=dg.AssetSelection.assets(dg.AssetKey([market, DATASET])),
@@ -442,7 +447,9 @@ def plan_hour_runs(
     files = batch_files(lake, market, trade_days(market, window_start, now))
     landed: dict[str, int] = {}  # hour key -> highest new batch holding a trade of it
     for f in files:
-        if f.batch <= seen.get(f.day.isoformat(), -1):
+        # Spans matter only for hours already requested: a first tick (or a quiet cursor)
+        # opens no footer at all, however many batches the window holds.
+        if not requested or f.batch <= seen.get(f.day.isoformat(), -1):
             continue
         span = file_span(lake, f.path)
         lo, hi = (window_start, now) if span is None else (floor_hour(span[0]), span[1])

@@ -20,6 +20,7 @@ from marketpipe_assets.trade_aggregates import (
     complete_hours,
     hour_partitions,
     hour_path,
+    minute_stats,
     session_hours,
     trade_aggregates_asset,
     trade_hours_sensor,
@@ -290,3 +291,19 @@ def test_grace_period_is_configurable(lake, instance, sensor_defs, monkeypatch):
     monkeypatch.setenv("MARKETPIPE_TRADE_GRACE_MINUTES", "soon")
     with pytest.raises(Exception, match="MARKETPIPE_TRADE_GRACE_MINUTES='soon'"):
         tick(sensor_defs, instance, None)
+
+
+def test_minute_open_and_close_follow_time_not_arrival():
+    late_first = trades(
+        ("AAPL", "14:31:30", 191.0, 1, "b"),
+        ("AAPL", "14:31:50", 193.0, 1, "c"),
+        ("AAPL", "14:31:05", 190.0, 1, "a"),  # arrived last (a late batch), traded first
+    )
+    minute = minute_stats(late_first).row(0, named=True)
+    assert (minute["open"], minute["close"], minute["high"], minute["low"]) == (
+        190.0,
+        193.0,
+        193.0,
+        190.0,
+    )
+    assert minute["vwap"] == pytest.approx(574.0 / 3)
