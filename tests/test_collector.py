@@ -318,3 +318,39 @@ def test_collector_survives_kill_and_lake_outage_and_stores_every_trade_once(
     assert "reconnecting" in text and "collector stopped" in text
     for secret in (TOKEN, APP_KEY, APP_SECRET, *(http.keys if source == "kis" else [])):
         assert secret not in text
+
+
+# Synthetic source and command line -------------------------------------------------------------
+def test_synthetic_stream_is_deterministic_valid_and_replays_from_its_start():
+    import asyncio
+
+    from resources.collector.feeds import SyntheticFeed
+
+    feed = SyntheticFeed("krx", ["005930", "000660"], seed=3, rate=2000)
+
+    async def first_frames(n: int) -> list[str]:
+        connection, out = await feed.open(), []
+        async for text in connection:
+            out.append(text)
+            if len(out) == n:
+                await connection.close()
+        return out
+
+    once, again = asyncio.run(first_frames(3)), asyncio.run(first_frames(3))
+    assert once == again  # a new connection replays the same trades: the spool stores them once
+    rows = [r for text in once for r in feed.parse(text, RECEIVED).rows]
+    assert len(rows) == 300 and len({r[0] for r in rows}) == 300
+    checked = check_trades(as_frame(rows), "krx")
+    assert checked.quarantined.is_empty() and set(checked.clean["symbol"]) == {"005930", "000660"}
+
+
+def test_collect_refuses_a_wrong_configuration_with_a_clear_message(monkeypatch, capsys):
+    from marketpipe_assets.collect import main
+
+    monkeypatch.delenv("FINNHUB_API_KEY", raising=False)
+    assert main(["--market", "krx", "--source", "finnhub", "--symbols", "005930"]) == 2
+    assert "--source finnhub serves us trades, not --market krx" in capsys.readouterr().err
+    assert main(["--market", "us", "--source", "finnhub", "--symbols", "AAPL"]) == 2
+    assert "FINNHUB_API_KEY is not set" in capsys.readouterr().err
+    assert main(["--market", "us", "--source", "synthetic", "--symbols", " , "]) == 2
+    assert "--symbols" in capsys.readouterr().err

@@ -50,11 +50,13 @@ def trades(n: int, *, first: int = 0, price: float = 10.0) -> pl.DataFrame:
 def test_append_is_durable_at_return_and_a_replay_inserts_nothing(tmp_path):
     path = tmp_path / "us.sqlite"
     # A process killed right after append returned: its rows are there.
+    frame = trades(5).with_columns(pl.col("ts").dt.epoch("ms"), received=pl.lit(0))
+    rows = frame.select("trade_id", "symbol", "ts", "price", "size", "source", "received")
+    rows = [(*r, None, None) for r in rows.rows()]
     child = (
         f"import os, signal, sys; sys.path.insert(0, {str(REPO)!r})\n"
         "from resources.trade_spool import TradeSpool\n"
-        "from tests.test_trade_spool import trades\n"
-        f"assert TradeSpool({str(path)!r}).append(trades(5)) == 5\n"
+        f"assert TradeSpool({str(path)!r}).append_rows({rows!r}) == 5\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"
     )
     done = subprocess.run([sys.executable, "-c", child], cwd=REPO)
