@@ -17,6 +17,7 @@ import json
 import os
 import re
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import cache
 from zoneinfo import ZoneInfo
@@ -79,6 +80,7 @@ DEFAULT_GRACE_MINUTES = 5
 # How far back the sensor requests hours and re-opens them for late trades; older late trades
 # need a manual backfill of their hour.
 REOPEN_WINDOW = dt.timedelta(days=3)
+Stage = Callable[[str], AbstractContextManager]  # as in options.py: the bench's step timer
 _BATCH_NAME = re.compile(r"batch-(\d+)-(\d+)\.parquet$")
 
 
@@ -306,18 +308,40 @@ class HoursBuilt:
 
 
 def build_hours(
-    lake: LakeResource, market: str, hours: list[dt.datetime], now: dt.datetime
+    lake: LakeResource,
+    market: str,
+    hours: list[dt.datetime],
+    now: dt.datetime,
+    stage: Stage = lambda name: nullcontext(),
 ) -> HoursBuilt:
-    """Aggregate and store `hours` (a few, of one day) from the trades batches in the lake."""
+    """Aggregate and store `hours` (a few, of one day) from the trades batches in the lake
+    (the bench times the steps by `stage`)."""
     start, end = min(hours), max(hours) + HOUR
-    files = batch_files(lake, market, trade_days(market, start, end))  # listed once: the
-    # recorded batch ids and the trades read agree even while the flusher adds files
-    raw = read_trades(lake, [f.path for f in files], start, end)
-    raw = raw.filter(pl.col("ts").dt.truncate("1h").is_in(hours))
-    deduped = drop_exact_duplicates(raw)
-    validated = validate_trades(deduped, market)
-    hourly, minutes = aggregate(validated.clean)
-    bad = validated.quarantined
+    with stage("read"):
+        # Listed once: the recorded batch ids and the trades read agree while the flusher adds
+        # files.
+        files = batch_files(lake, market, trade_days(market, start, end))
+        raw = read_trades(lake, [f.path for f in files], start, end)
+        raw = raw.filter(pl.col("ts").dt.truncate("1h").is_in(hours))
+    with stage("validate"):
+        deduped = drop_exact_duplicates(raw)
+        validated = validate_trades(deduped, market)
+    with stage("aggregate"):
+        hourly, minutes = aggregate(validated.clean)
+    with stage("write"):
+        _write_hours(lake, market, hours, hourly, minutes, validated.quarantined, files, now)
+    with stage("read_back"):
+        return HoursBuilt(
+            validated=validated,
+            duplicates_dropped=len(raw) - len(deduped),
+            hourly=read_hours(lake, DATASET, market, hours, TRADE_AGGREGATES),
+            minutes=read_hours(lake, MINUTES_DATASET, market, hours, TRADE_MINUTES),
+            batch_files=len(files),
+        )
+
+
+def _write_hours(lake, market, hours, hourly, minutes, bad, files, now) -> None:
+    """Per hour: minutes, aggregates, quarantine, then the sources stamp that marks it done."""
     for hour in hours:
         lake.write_file(
             hour_path(MINUTES_DATASET, market, hour),
@@ -330,13 +354,6 @@ def build_hours(
         lake.write_file(
             hour_path(SOURCES_DATASET, market, hour), _sources(market, hour, files, now)
         )
-    return HoursBuilt(
-        validated=validated,
-        duplicates_dropped=len(raw) - len(deduped),
-        hourly=read_hours(lake, DATASET, market, hours, TRADE_AGGREGATES),
-        minutes=read_hours(lake, MINUTES_DATASET, market, hours, TRADE_MINUTES),
-        batch_files=len(files),
-    )
 
 
 def _replace_quarantine(lake: LakeResource, market: str, hour: dt.datetime, bad: pl.DataFrame):
