@@ -4,8 +4,11 @@ What goes, and only this:
 - quarantine partitions `<lake>/quarantine/<dataset>/market=<m>/date=<D>/` whose session D is
   older than MARKETPIPE_QUARANTINE_RETENTION_DAYS (30): rejected rows are kept longer than the
   transient capture, shorter than the data itself;
-- capture files and folders under `<spool>/order_books/` and `<spool>/trades/` whose date is older
-  than MARKETPIPE_SPOOL_RETENTION_DAYS (3).
+- capture files and folders under `<spool>/order_books/` whose date is older than
+  MARKETPIPE_SPOOL_RETENTION_DAYS (3).
+The trade spool (`<spool>/trades/<market>.sqlite`) is not touched: it is one live database whose
+unflushed rows may be the only copy of trades, and the collector prunes its own flushed rows
+after the same number of days (resources/trade_spool.py).
 Stored partitions (`<lake>/<dataset>/...`), the universe, the failure log and anything else in the
 spool are never listed, so never deleted.
 
@@ -39,7 +42,7 @@ SPOOL_DAYS_VARIABLE = "MARKETPIPE_SPOOL_RETENTION_DAYS"
 DEFAULT_QUARANTINE_DAYS = 30
 DEFAULT_SPOOL_DAYS = 3
 # The capture folders of the spool; anything else there (a cursor, a lock) is not ours to age.
-SPOOL_DATASETS = ("order_books", "trades")
+SPOOL_DATASETS = ("order_books",)
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _LISTED = 200  # deleted paths named in the run's metadata
 

@@ -74,10 +74,12 @@ def make_spool(root: Path) -> None:
         "order_books/market=krx/date=2026-11-21/book-1.jsonl": None,
         # Expired, but its session never reached the lake: the spool is the only copy.
         "order_books/market=krx/date=2026-11-10/slot=20261110T000000Z.parquet": None,
-        "trades/us/2026-11-10.jsonl": None,  # dated file name: goes
-        "trades/us/2026-11-20.jsonl": None,
-        "trades/us/undated-old.jsonl": ten_days_ago,  # no date in the path: its mtime, goes
-        "trades/us/current.jsonl": None,  # being written now: stays
+        "order_books/market=us/2026-11-10.jsonl": None,  # dated file name: goes
+        "order_books/market=us/undated-old.jsonl": ten_days_ago,  # no date: its mtime, goes
+        "order_books/market=us/current.jsonl": None,  # being written now: stays
+        # The collector's live trade spool, idle for ten days: never touched (it prunes itself).
+        "trades/us.sqlite": ten_days_ago,
+        "trades/us.sqlite-wal": ten_days_ago,
         "offsets-2016-01-01.json": ten_days_ago,  # not a capture folder: never touched
     }
     for name, mtime in files.items():
@@ -137,8 +139,8 @@ def test_dry_run_lists_and_deletes_nothing_then_the_run_deletes_only_expired_dat
     assert lake_files(lake) == expected_lake_after(lake_before)
     assert spool_files(spool) == spool_before - {
         "order_books/market=us/date=2026-11-17/book-1.jsonl",
-        "trades/us/2026-11-10.jsonl",
-        "trades/us/undated-old.jsonl",
+        "order_books/market=us/2026-11-10.jsonl",
+        "order_books/market=us/undated-old.jsonl",
     }
     assert not (spool / "order_books/market=us/date=2026-11-17").exists()  # the folder went
     meta = metadata(done)
