@@ -17,7 +17,14 @@ import warnings
 
 import dagster as dg
 
-from . import backfill, indicators_vs_talib, options_chain, rules_vs_ge
+from . import (
+    backfill,
+    indicators_vs_talib,
+    options_chain,
+    rules_vs_ge,
+    trades_aggregate,
+    warehouse_load,
+)
 from .common import REPO, past_keys, row, verdict
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
@@ -92,6 +99,23 @@ def order_book_session(symbols: int) -> dict:
     )
 
 
+def trade_ingest(trades: int) -> dict:
+    """(h) Sustained websocket ingest through `marketpipe collect` into the spool and lake."""
+    from . import trades_ingest
+
+    out = trades_ingest.run(trades)
+    per_s = out["end_to_end_per_s"]
+    return row(
+        f"h. trade ingest, {trades:,} trades, websocket -> lake",
+        f">= {out['target_per_s']:,}/s, 0 lost",
+        f"{per_s:,}/s into lake ({out['receive_per_s']:,}/s received); "
+        f"lost {out['lost']}, dup {out['duplicates']}",
+        per_s / out["target_per_s"],
+        "FAIL" if out["lost"] or out["duplicates"] else verdict(out["meets_target"]),
+        details=out,
+    )
+
+
 def table(rows: list[dict]) -> str:
     lines = [f"{'benchmark':<50} {'target':<28} {'measured':<48} {'ratio':>6}  status"]
     for r in rows:
@@ -108,7 +132,7 @@ def main() -> int:
     parser.add_argument("--symbols", type=int, default=2500)
     parser.add_argument("--sessions", type=int, default=2500)
     parser.add_argument("--quick", action="store_true", help="250 symbols x 250 sessions")
-    parser.add_argument("--only", default="abcdefg", help="subset of a-g (default all)")
+    parser.add_argument("--only", default="abcdefghij", help="subset of a-j (default all)")
     parser.add_argument("--kis-full", action="store_true", help="(e) at 2,500 symbols, 20/s")
     parser.add_argument("--no-unbatched", action="store_true", help="skip unbatched CLI runs")
     args = parser.parse_args()
@@ -146,6 +170,18 @@ def main() -> int:
             gc.collect()
         if "g" in args.only:
             done(options_chain.run(100_000 if args.quick else options_chain.CONTRACTS))
+            gc.collect()
+        if "h" in args.only:
+            done(trade_ingest(100_000 if args.quick else 1_000_000))
+        if "i" in args.only:
+            done(
+                trades_aggregate.run(
+                    1_000_000 if args.quick else trades_aggregate.TRADES_PER_SESSION
+                )
+            )
+            gc.collect()
+        if "j" in args.only:
+            done(warehouse_load.run(args.symbols, args.sessions, args.market))
             gc.collect()
         if "a" in args.only:
             batches = [backfill.BATCH] + ([] if args.no_unbatched else [None])
