@@ -38,7 +38,10 @@ def _repeated_ids(trades: pl.DataFrame) -> pl.Series:
     """True on rows whose trade_id may occur twice. Hashing first is ~10x faster than comparing
     10 million strings; the few candidates (and any hash collision) are settled exactly by the
     callers on the candidates alone."""
-    return trades.select(pl.col("trade_id").hash().is_duplicated()).to_series()
+    hashes = trades["trade_id"].hash()
+    if hashes.n_unique() == len(hashes):  # the usual case, 5x cheaper than is_duplicated
+        return pl.repeat(False, len(hashes), eager=True, dtype=pl.Boolean)
+    return hashes.is_duplicated()
 
 
 def drop_exact_duplicates(trades: pl.DataFrame) -> pl.DataFrame:
@@ -111,10 +114,15 @@ def trade_rules_result(validated: Validated, duplicates_dropped: int) -> dg.Asse
 
 def totals_by_symbol_hour(trades: pl.DataFrame) -> pl.DataFrame:
     """Straight from trades: the reference the stored aggregates must equal."""
-    return trades.group_by("symbol", hour_start=pl.col("ts").dt.truncate("1h")).agg(
-        trades=pl.len().cast(pl.Int64),
-        volume=pl.col("size").sum(),
-        notional=(pl.col("price") * pl.col("size")).sum(),
+    return (
+        trades.lazy()
+        .group_by("symbol", hour_start=pl.col("ts").dt.truncate("1h"))
+        .agg(
+            trades=pl.len().cast(pl.Int64),
+            volume=pl.col("size").sum(),
+            notional=(pl.col("price") * pl.col("size")).sum(),
+        )
+        .collect()
     )
 
 
