@@ -2,6 +2,8 @@
 re-loads, range backfills, replaced partitions, the bar views, and failed loads that keep data."""
 
 import datetime as dt
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import dagster as dg
 import polars as pl
@@ -248,3 +250,52 @@ def test_the_warehouse_is_optional_and_wires_into_the_definitions(monkeypatch, l
         dg.AssetKey(["us", "daily_prices"]),
         dg.AssetKey(["us", "indicators"]),
     }
+
+
+def test_a_connection_killed_mid_load_leaves_the_previous_rows_intact(
+    with_universe, market_data, instance, warehouse
+):
+    """The load replaces daily_prices, then waits on a row lock held on indicators; killing its
+    connection there must undo the daily_prices replacement too (one transaction)."""
+    lake, keys = with_universe, recent_sessions("us", 2)
+    prices_and_indicators("us", keys, lake, market_data, instance)
+    assert load("us", lake, warehouse, instance, keys).success
+    before = stored(warehouse, "daily_prices", "us")
+    days = partition_dates(keys)
+    changed = lake_rows(lake, "daily_prices", "us", keys).with_columns(close=pl.col("close") + 1)
+    lake.write_partitions("daily_prices", "us", changed, days)
+
+    blocker, watcher = warehouse.connect(), warehouse.connect()
+    watcher.autocommit = True  # pg_stat_activity is a snapshot per transaction: poll outside one
+    pool = ThreadPoolExecutor(1)
+    try:
+        with blocker.cursor() as cur:
+            cur.execute("SELECT 1 FROM indicators WHERE market = 'us' FOR UPDATE")
+        running = pool.submit(load, "us", lake, warehouse, instance, keys)
+        killed = terminate_lock_waiter(watcher)
+    finally:
+        blocker.rollback()  # releases the rows whatever happened, so the load cannot hang
+        blocker.close()
+        watcher.close()
+    result = running.result(timeout=120)
+    pool.shutdown()
+
+    assert killed and not result.success
+    error = result.failure_data_for_node("us__warehouse").error
+    assert "rolled back" in (error.cause.message if error.cause else error.message)
+    assert stored(warehouse, "daily_prices", "us").equals(before)
+
+
+def terminate_lock_waiter(admin, timeout: float = 60.0) -> bool:
+    """Terminate the backend of this database that waits on a lock; False if none appears."""
+    deadline = time.monotonic() + timeout
+    with admin.cursor() as cur:
+        while time.monotonic() < deadline:
+            cur.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            if cur.fetchall():
+                return True
+            time.sleep(0.05)
+    return False
