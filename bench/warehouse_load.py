@@ -1,4 +1,4 @@
-"""(f) The warehouse load of a ten-year backfill: marketpipe's load path vs a bare COPY.
+"""(j) The warehouse load of a ten-year backfill: marketpipe's load path vs a bare COPY.
 
 Generates and stores daily prices and indicators with the same functions the assets call
 (bench/datawork.py), then, in one fresh Postgres database:
@@ -64,7 +64,7 @@ def bare_copy(url: str, lake: LakeResource, market: str, *, key_order: bool) -> 
     return seconds
 
 
-def run(symbols: int = 2500, sessions: int = 2500, market: str = MARKET) -> dict:
+def measure(symbols: int = 2500, sessions: int = 2500, market: str = MARKET) -> dict:
     keys = past_keys(market, sessions)
     days = partition_dates(keys)
     prepare = Stages()
@@ -112,10 +112,11 @@ def run(symbols: int = 2500, sessions: int = 2500, market: str = MARKET) -> dict
     }
 
 
-def as_row(out: dict) -> dict:
+def run(symbols: int = 2500, sessions: int = 2500, market: str = MARKET) -> dict:
     """The `make bench` table row: rates of both paths and their ratio (no fixed target)."""
+    out = measure(symbols, sessions, market)
     return row(
-        f"f. warehouse load {sum(out['rows'].values()):,} rows",
+        f"j. warehouse load {sum(out['rows'].values()):,} rows",
         "report vs bare COPY",
         f"{out['marketpipe_rows_per_s']:,} rows/s vs COPY {out['bare_copy_rows_per_s']:,} "
         f"(sorted {out['bare_copy_key_order_rows_per_s']:,}); "
