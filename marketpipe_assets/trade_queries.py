@@ -84,7 +84,6 @@ def buckets(
     if not recompute:
         return stored
     files = batch_files(lake, market, trade_days(market, recompute[0], recompute[-1] + HOUR))
-    paths = [f.path for f in files]
     # One read per run of consecutive hours: the complete hours between them are not decoded.
     runs: list[list[dt.datetime]] = []
     for hour in recompute:
@@ -92,9 +91,11 @@ def buckets(
             runs[-1].append(hour)
         else:
             runs.append([hour])
-    lake_trades = [
-        read_trades(lake, paths, max(start, run[0]), min(end, run[-1] + HOUR)) for run in runs
-    ]
+    lake_trades = []
+    for run in runs:
+        lo, hi = max(start, run[0]), min(end, run[-1] + HOUR)
+        days = set(trade_days(market, lo, hi))  # only the folders that can hold these hours
+        lake_trades.append(read_trades(lake, [f.path for f in files if f.day in days], lo, hi))
     raw = pl.concat([*lake_trades, spool.filter(pl.col("ts").dt.truncate("1h").is_in(recompute))])
     raw = raw.filter(in_window, wanted)
     valid = validate_trades(drop_exact_duplicates(raw), market).clean
