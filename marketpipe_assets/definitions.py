@@ -19,6 +19,7 @@ from .options import option_chains_asset
 from .order_books import order_books_asset
 from .prices import daily_prices_asset, universe_asset
 from .retention import retention_job, retention_schedule
+from .trade_aggregates import trade_aggregate_assets, trade_jobs, trade_sensors
 
 assets = [
     build(market)
@@ -31,11 +32,12 @@ assets = [
         order_books_asset,
     )
 ] + [option_chains_asset()]
-assets = with_freshness(assets)
+assets = with_freshness(assets) + trade_aggregate_assets()
 jobs = [
     *(price_job(m) for m in MARKETS),
     *(freshness_job(m, d) for m in MARKETS for d in ("daily_prices", "intraday_bars")),
     retention_job,
+    *trade_jobs(),
 ]
 
 defs = dg.Definitions(
@@ -51,7 +53,7 @@ defs = dg.Definitions(
         *(s for m in MARKETS for s in freshness_schedules(m)),
         retention_schedule,
     ],
-    sensors=[*(landing_file_sensor(m) for m in MARKETS), *alert_sensors()],
+    sensors=[*(landing_file_sensor(m) for m in MARKETS), *alert_sensors(), *trade_sensors()],
     resources={
         "lake": LakeResource(url=os.environ.get("MARKETPIPE_LAKE_URL", "data/lake")),
         "market_data": MarketDataResource.from_env(),
