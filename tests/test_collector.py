@@ -17,11 +17,14 @@ import sys
 import time
 from pathlib import Path
 
+import dagster as dg
 import polars as pl
 import pytest
 
+from marketpipe_assets.automation import RANGE_END_TAG, RANGE_START_TAG
 from marketpipe_assets.markets import all_sessions, session_bounds
-from marketpipe_assets.schemas import TRADES
+from marketpipe_assets.schemas import TRADE_AGGREGATES, TRADES
+from marketpipe_assets.trade_aggregates import hour_key, trade_aggregate_assets
 from resources.collector.formats import parse_finnhub, parse_kis
 from resources.collector.rules import QUARANTINE, check_trades
 from resources.lake import LakeResource
@@ -316,6 +319,7 @@ def test_collector_survives_kill_and_lake_outage_and_stores_every_trade_once(
         assert server.pongs > 0 and len(http.keys) >= 3
     text = "".join(log.read_text() for log in logs)
     assert "reconnecting" in text and "collector stopped" in text
+    assert_aggregates_hold_every_trade_once(lake, market, valid)
     for secret in (TOKEN, APP_KEY, APP_SECRET, *(http.keys if source == "kis" else [])):
         assert secret not in text
 
@@ -354,3 +358,31 @@ def test_collect_refuses_a_wrong_configuration_with_a_clear_message(monkeypatch,
     assert "FINNHUB_API_KEY is not set" in capsys.readouterr().err
     assert main(["--market", "us", "--source", "synthetic", "--symbols", " , "]) == 2
     assert "--symbols" in capsys.readouterr().err
+
+
+def assert_aggregates_hold_every_trade_once(lake, market: str, valid: list[tuple]) -> None:
+    """Materialize the hours the trades fall in through Dagster, as one range run: the stored
+    aggregates count every valid sent trade once, per symbol and hour."""
+    sent = pl.DataFrame(valid, schema=["symbol", "ts", "price", "size"], orient="row")
+    sent = sent.with_columns(hour=pl.from_epoch("ts", "ms").dt.truncate("1h"))
+    hours = sorted(sent["hour"].unique())
+    keys = [hour_key(h.replace(tzinfo=dt.UTC)) for h in (hours[0], hours[-1])]
+    asset = next(a for a in trade_aggregate_assets() if a.key.path[0] == market)
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [asset],
+            instance=instance,
+            resources={"lake": lake},
+            tags={RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[1]},
+        )
+    assert result.success
+    assert all(c.passed for c in result.get_asset_check_evaluations())
+    stored = lake.read_files(
+        f"trade_aggregates/market={market}/date=*/hour=*/*.parquet", TRADE_AGGREGATES
+    )
+    expected = sent.group_by("symbol").agg(trades=pl.len(), volume=pl.col("size").sum())
+    got = stored.group_by("symbol").agg(pl.col("trades").sum(), pl.col("volume").sum())
+    assert (
+        got.sort("symbol").select("symbol", "trades").rows()
+        == expected.sort("symbol").select("symbol", pl.col("trades").cast(pl.Int64)).rows()
+    )
