@@ -362,7 +362,7 @@ def test_collect_refuses_a_wrong_configuration_with_a_clear_message(monkeypatch,
 
 def assert_aggregates_hold_every_trade_once(lake, market: str, valid: list[tuple]) -> None:
     """Materialize the hours the trades fall in through Dagster, as one range run: the stored
-    aggregates count every valid sent trade once, per symbol and hour."""
+    aggregates count every valid sent trade once, per symbol."""
     sent = pl.DataFrame(valid, schema=["symbol", "ts", "price", "size"], orient="row")
     sent = sent.with_columns(hour=pl.from_epoch("ts", "ms").dt.truncate("1h"))
     hours = sorted(sent["hour"].unique())
