@@ -18,11 +18,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
-install: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
-
-$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
-	mkdir -p $(DAGSTER_HOME)
-	cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+# dagster.yaml into DAGSTER_HOME on every command: SQLite storage, or Postgres when
+# MARKETPIPE_PG_URL is set (deploy/dagster-postgres.yaml appended; see README).
+install: $(STAMP)
+	$(BIN)/python -m marketpipe_assets.instance_config
 
 demo: install
 	$(BIN)/python -m marketpipe_assets.demo

@@ -20,6 +20,7 @@ from .order_books import order_books_asset
 from .prices import daily_prices_asset, universe_asset
 from .retention import retention_job, retention_schedule
 from .trade_aggregates import trade_aggregate_assets, trade_jobs, trade_sensors
+from .warehouse import warehouse_assets, warehouse_resources
 
 assets = [
     build(market)
@@ -32,7 +33,8 @@ assets = [
         order_books_asset,
     )
 ] + [option_chains_asset()]
-assets = with_freshness(assets) + trade_aggregate_assets()
+# The warehouse assets exist only when MARKETPIPE_WAREHOUSE_URL is set.
+assets = with_freshness(assets) + trade_aggregate_assets() + warehouse_assets()
 jobs = [
     *(price_job(m) for m in MARKETS),
     *(freshness_job(m, d) for m in MARKETS for d in ("daily_prices", "intraday_bars")),
@@ -57,5 +59,6 @@ defs = dg.Definitions(
     resources={
         "lake": LakeResource(url=os.environ.get("MARKETPIPE_LAKE_URL", "data/lake")),
         "market_data": MarketDataResource.from_env(),
+        **warehouse_resources(),
     },
 )
