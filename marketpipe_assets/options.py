@@ -27,17 +27,16 @@ from resources.providers.base import run_sync
 from resources.providers.errors import NotFound
 from resources.sources.base import FallbackSource, Source, SourceUnavailable
 from resources.sources.synthetic import SyntheticSource
-from resources.sources.synthetic_options import VENDOR_COLUMNS, option_chains
+from resources.sources.synthetic_options import option_chains
 
 from .greeks import DAYS_PER_YEAR, RISK_FREE_RATE, black_scholes, implied_volatility
 from .markets import MARKETS, is_session, partition_dates, partitions_def, previous_session
 from .metadata import preview
 from .prices import provider_pool
 from .retries import provider_retries
-from .schemas import OPTION_CHAINS, conform, quarantine_schema
+from .schemas import OPTION_CHAIN_VENDOR, OPTION_CHAINS, conform, quarantine_schema
 
 DATASET = "option_chains"
-VENDOR_SCHEMA = {c: OPTION_CHAINS[c] for c in VENDOR_COLUMNS}  # typed, so an empty chain derives
 log = logging.getLogger(__name__)
 
 
@@ -79,7 +78,7 @@ def fetch(source: Source, underlyings: Sequence[str], sessions: list[dt.date]) -
             missing.append(f"{symbol} ({exc})")
     if missing:  # the completeness check fails on them; the other underlyings are stored
         log.warning("%s options: no chain for %s", source.name, "; ".join(missing))
-    return pl.concat(frames) if frames else pl.DataFrame(schema=VENDOR_SCHEMA)
+    return pl.concat(frames) if frames else pl.DataFrame(schema=OPTION_CHAIN_VENDOR)
 
 
 def fill_implied_volatility(

@@ -84,7 +84,8 @@ INDICATORS = pl.Schema(
 )
 
 
-OPTION_CHAINS = pl.Schema(
+# What a vendor (or the synthetic source) serves per contract; OPTION_CHAINS adds the derived.
+OPTION_CHAIN_VENDOR = pl.Schema(
     {
         "quote_date": pl.Date,
         "underlying": pl.String,
@@ -99,6 +100,11 @@ OPTION_CHAINS = pl.Schema(
         "open_interest": pl.Int64,
         "implied_volatility": pl.Float64,  # a fraction
         "underlying_price": pl.Float64,
+    }
+)
+OPTION_CHAINS = pl.Schema(
+    {
+        **OPTION_CHAIN_VENDOR,
         # Derived (marketpipe_assets/greeks.py): theta per calendar day, vega per vol point.
         **{c: pl.Float64 for c in ("mid", "spread", "days_to_expiry", "moneyness")},
         **{c: pl.Float64 for c in ("delta", "gamma", "theta", "vega")},

@@ -54,7 +54,7 @@ from urllib.parse import quote as url_quote
 
 import polars as pl
 
-from marketpipe_assets.schemas import DAILY_PRICES
+from marketpipe_assets.schemas import DAILY_PRICES, OPTION_CHAIN_VENDOR
 from resources.sources.base import ConfigurationError
 
 from .base import OneMarketDailyBars, fetch_all, no_listing, rate_limit
@@ -86,23 +86,7 @@ CORPORATE_ACTIONS = pl.Schema(
 )
 
 # The vendor columns of CONTRACT section 5's option_chains (derived columns come later).
-OPTION_CHAIN = pl.Schema(
-    {
-        "quote_date": pl.Date,
-        "underlying": pl.String,
-        "contract_symbol": pl.String,
-        "expiration": pl.Date,
-        "strike": pl.Float64,
-        "option_type": pl.String,  # call | put
-        "bid": pl.Float64,
-        "ask": pl.Float64,
-        "last_price": pl.Float64,
-        "volume": pl.Int64,  # null when Yahoo omits the key
-        "open_interest": pl.Int64,
-        "implied_volatility": pl.Float64,  # a fraction
-        "underlying_price": pl.Float64,
-    }
-)
+OPTION_CHAIN = OPTION_CHAIN_VENDOR
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 
 from marketpipe_assets.greeks import DAYS_PER_YEAR, RISK_FREE_RATE, black_scholes
-from marketpipe_assets.schemas import OPTION_CHAINS
+from marketpipe_assets.schemas import OPTION_CHAIN_VENDOR
 
 from .synthetic import EPOCH, hashes, uniform_pair
 
@@ -27,7 +27,6 @@ DEFECTS = ("bid_above_ask", "negative_bid", "zero_strike", "expired", "iv_out_of
            "duplicate_contract", "missing_field", "bad_option_type", "parity_break",
            "missing_underlying")  # fmt: skip
 _PRICE, _DAY, _QUOTE, _VOL = range(20, 24)
-VENDOR_COLUMNS = list(OPTION_CHAINS)[:13]
 
 
 def _draws(seed: int, stream: int, underlying: str, keys: np.ndarray):
@@ -93,7 +92,7 @@ def chain(seed: int, underlying: str, session: dt.date) -> pl.DataFrame:
             "implied_volatility": iv,
             "underlying_price": spot,
         }
-    ).select(pl.col(c).cast(OPTION_CHAINS[c]) for c in VENDOR_COLUMNS)
+    ).select(pl.col(c).cast(t) for c, t in OPTION_CHAIN_VENDOR.items())
 
 
 def option_chains(
@@ -115,7 +114,7 @@ def option_chains(
             frame = chain(seed, underlying, session)
             frames.append(_inject(frame, defects) if i == len(underlyings) - 1 else frame)
     if not frames:
-        return pl.DataFrame(schema={c: OPTION_CHAINS[c] for c in VENDOR_COLUMNS})
+        return pl.DataFrame(schema=OPTION_CHAIN_VENDOR)
     return pl.concat(frames)
 
 
