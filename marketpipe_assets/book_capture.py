@@ -20,7 +20,7 @@ from resources.sources.books import order_books_at
 
 from .markets import MARKETS, capture_slots, is_session
 from .order_books import capture_interval
-from .prices import load_universe, provider_pool
+from .prices import active_symbols, load_universe, provider_pool
 
 
 class CaptureConfig(dg.Config):
@@ -54,11 +54,7 @@ def capture(
         )
     if spool.has(market, day, slot):
         return {"status": "already captured", "path": str(spool.slot_file(market, day, slot))}
-    universe = load_universe(lake, market)
-    active = universe.filter(
-        (pl.col("listing_date") <= day)
-        & (pl.col("delisting_date").is_null() | (pl.col("delisting_date") > day))
-    )["symbol"].to_list()
+    active = active_symbols(load_universe(lake, market), day)["symbol"].to_list()
     source = market_data.source(market)
     books = order_books_at(source, market, day, slot, active, capture_interval())
     path = spool.write(market, day, slot, books)

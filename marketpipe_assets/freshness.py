@@ -22,7 +22,7 @@ from resources.lake import LakeResource
 
 from .markets import MARKETS, is_session, previous_session, session_bounds
 from .metadata import markdown_table
-from .prices import load_universe
+from .prices import active_symbols, load_universe
 from .schemas import DAILY_PRICES, INTRADAY_BARS
 
 SYMBOL_FRESHNESS = "symbol_freshness"
@@ -85,15 +85,6 @@ def intraday_max_age() -> dt.timedelta:
         return dt.timedelta(hours=float(raw))
     except ValueError as exc:
         raise ValueError(f"{MAX_AGE_VARIABLE}={raw!r} is not a number of hours") from exc
-
-
-def active_symbols(universe: pl.DataFrame, day: dt.date) -> pl.DataFrame:
-    """Symbols listed on `day` and not yet delisted (the completeness check's rule)."""
-    # A delisting before the listing (a bad universe row) means never active.
-    ended = pl.max_horizontal("listing_date", "delisting_date")
-    return universe.filter(
-        (pl.col("listing_date") <= day) & (pl.col("delisting_date").is_null() | (ended > day))
-    ).select("symbol")
 
 
 def due_session(market: str, now: dt.datetime) -> dt.date | None:

@@ -77,6 +77,16 @@ def load_universe(lake: LakeResource, market: str) -> pl.DataFrame:
     return conform(frame, UNIVERSE, what=f"{market}/universe")
 
 
+def active_symbols(universe: pl.DataFrame, day: dt.date) -> pl.DataFrame:
+    """Symbols listed on `day` and not yet delisted: the completeness check's rule
+    (checks/price_checks.completeness_by_session counts the same per session)."""
+    # A delisting before the listing (a bad universe row) means never active.
+    ended = pl.max_horizontal("listing_date", "delisting_date")
+    return universe.filter(
+        (pl.col("listing_date") <= day) & (pl.col("delisting_date").is_null() | (ended > day))
+    ).select("symbol")
+
+
 def daily_prices_asset(market: str) -> dg.AssetsDefinition:
     key = dg.AssetKey([market, "daily_prices"])
 

@@ -32,7 +32,12 @@ import polars as pl
 from checks.intraday_checks import SESSION_CLOSE, SESSION_OPEN, session_table
 from checks.rulebook import OHLCV_RULES
 from marketpipe_assets.markets import is_session, session_bounds
-from marketpipe_assets.schemas import INTRADAY_BAR_MINUTES, INTRADAY_BARS, PRICE_COLUMNS
+from marketpipe_assets.schemas import (
+    INTRADAY_BAR_MINUTES,
+    INTRADAY_BARS,
+    ORDER_BOOK_SNAPSHOTS,
+    PRICE_COLUMNS,
+)
 from resources.sources.base import ConfigurationError, SourceUnavailable
 
 from .base import (
@@ -107,17 +112,8 @@ CREDENTIAL_HINT = (
     "the key was issued for"
 )
 
-ORDER_BOOK = pl.Schema(
-    {
-        "symbol": pl.String,
-        "snapshot_ts": pl.Datetime("us", "UTC"),
-        "level": pl.Int64,
-        "bid_price": pl.Float64,
-        "ask_price": pl.Float64,
-        "bid_size": pl.Int64,
-        "ask_size": pl.Int64,
-    }
-)
+# A live book carries no session: order_books adds `trade_date` when it spools the capture.
+ORDER_BOOK = pl.Schema({c: t for c, t in ORDER_BOOK_SNAPSHOTS.items() if c != "trade_date"})
 _RAW_FIELDS = {  # daily_prices column -> output2 key
     "trade_date": "stck_bsop_date",
     "open": "stck_oprc",
