@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import dagster as dg
 
 from resources.providers.errors import ProviderError
-from resources.providers.http import _seconds
+from resources.providers.http import seconds_from_env
 from resources.sources.base import ConfigurationError, SourceUnavailable
 
 # The datasets whose steps fetch from providers: they take `provider_retries`, and their
@@ -74,9 +74,9 @@ class StepRetrySchedule:
             )
         return cls(
             retries=retries,
-            delay=_seconds(DELAY_VARIABLE, cls.delay),
-            maximum=_seconds(MAX_VARIABLE, cls.maximum),
-            jitter=_seconds(JITTER_VARIABLE, cls.jitter),
+            delay=seconds_from_env(DELAY_VARIABLE, cls.delay),
+            maximum=seconds_from_env(MAX_VARIABLE, cls.maximum),
+            jitter=seconds_from_env(JITTER_VARIABLE, cls.jitter),
         )
 
     def wait(self, retry: int) -> float:

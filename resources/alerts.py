@@ -30,7 +30,7 @@ import httpx
 import polars as pl
 
 from resources.lake import LakeResource
-from resources.providers.http import Redactor, _seconds
+from resources.providers.http import Redactor, seconds_from_env
 from resources.sources.base import ConfigurationError
 
 ALERT_ATTEMPTS = 3
@@ -73,7 +73,7 @@ class AlertSettings:
             smtp_password=env.get("MARKETPIPE_SMTP_PASSWORD") or None,
             smtp_starttls=env.get("MARKETPIPE_SMTP_STARTTLS", "").lower() in ("1", "true", "yes"),
             ui_url=(env.get("MARKETPIPE_UI_URL") or cls.ui_url).rstrip("/"),
-            retry_seconds=_seconds("MARKETPIPE_ALERT_RETRY_SECONDS", cls.retry_seconds),
+            retry_seconds=seconds_from_env("MARKETPIPE_ALERT_RETRY_SECONDS", cls.retry_seconds),
         )
         if settings.smtp_host and not settings.email_to:
             raise ConfigurationError(

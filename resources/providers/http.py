@@ -57,12 +57,13 @@ class RetryPolicy:
     def from_env(cls) -> RetryPolicy:
         """The default schedule, shortened or stretched by MARKETPIPE_RETRY_INITIAL_SECONDS and
         MARKETPIPE_RETRY_MAX_SECONDS (the jitter never exceeds the initial wait)."""
-        initial = _seconds("MARKETPIPE_RETRY_INITIAL_SECONDS", cls.initial)
-        maximum = _seconds("MARKETPIPE_RETRY_MAX_SECONDS", cls.maximum)
+        initial = seconds_from_env("MARKETPIPE_RETRY_INITIAL_SECONDS", cls.initial)
+        maximum = seconds_from_env("MARKETPIPE_RETRY_MAX_SECONDS", cls.maximum)
         return cls(initial=initial, maximum=maximum, jitter=min(cls.jitter, initial))
 
 
-def _seconds(variable: str, default: float) -> float:
+def seconds_from_env(variable: str, default: float) -> float:
+    """A duration in seconds >= 0 from the environment; a bad value names the variable."""
     raw = os.environ.get(variable, "")
     try:
         value = float(raw) if raw.strip() else default
