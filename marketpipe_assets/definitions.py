@@ -11,6 +11,7 @@ from resources.market_data import MarketDataResource
 from .alerting import alert_sensors
 from .automation import landing_file_sensor, market_schedule, price_job
 from .book_capture import capture_schedule
+from .declarative import automation_sensor
 from .freshness import freshness_checks, freshness_job, freshness_schedules, with_freshness
 from .indicators import indicators_asset
 from .intraday import intraday_bars_asset
@@ -55,7 +56,12 @@ defs = dg.Definitions(
         *(s for m in MARKETS for s in freshness_schedules(m)),
         retention_schedule,
     ],
-    sensors=[*(landing_file_sensor(m) for m in MARKETS), *alert_sensors(), *trade_sensors()],
+    sensors=[
+        *(landing_file_sensor(m) for m in MARKETS),
+        *alert_sensors(),
+        *trade_sensors(),
+        automation_sensor,
+    ],
     resources={
         "lake": LakeResource(url=os.environ.get("MARKETPIPE_LAKE_URL", "data/lake")),
         "market_data": MarketDataResource.from_env(),

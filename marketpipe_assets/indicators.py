@@ -1,5 +1,7 @@
 """Technical indicators (CONTRACT section 3) computed with TA-Lib over each symbol's history."""
 
+import datetime as dt
+
 import dagster as dg
 import numpy as np
 import polars as pl
@@ -7,6 +9,7 @@ import talib
 
 from resources.lake import LakeResource
 
+from .declarative import after_checked_inputs
 from .markets import partition_dates, partitions_def
 from .metadata import preview
 from .schemas import DAILY_PRICES, INDICATOR_COLUMNS, INDICATORS
@@ -74,6 +77,21 @@ def compute_indicators(history: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def _record_refreshed(
+    context: dg.AssetExecutionContext, later: list[dt.date], first: dt.date
+) -> None:
+    """A materialization for each later session rewritten because its history changed, so the UI,
+    freshness and the assets downstream (the warehouse) see those partitions as updated."""
+    for day in later:
+        context.log_event(
+            dg.AssetMaterialization(
+                asset_key=context.asset_key,
+                partition=day.isoformat(),
+                metadata={"refreshed_because_prices_changed_from": first.isoformat()},
+            )
+        )
+
+
 def indicators_asset(market: str) -> dg.AssetsDefinition:
     prices_key = dg.AssetKey([market, "daily_prices"])
 
@@ -82,9 +100,8 @@ def indicators_asset(market: str) -> dg.AssetsDefinition:
         deps=[prices_key],
         partitions_def=partitions_def(market),
         backfill_policy=dg.BackfillPolicy.single_run(),
-        # Runs when new prices land, but only once their blocking checks passed.
-        automation_condition=dg.AutomationCondition.eager()
-        & dg.AutomationCondition.all_deps_blocking_checks_passed(),
+        # Follows every session whose prices were updated, once their blocking checks passed.
+        automation_condition=after_checked_inputs(),
         group_name=market,
         kinds={"polars", "talib", "parquet"},
     )
@@ -92,22 +109,29 @@ def indicators_asset(market: str) -> dg.AssetsDefinition:
         """SMA(20), EMA(20), RSI(14), MACD(12,26,9), Bollinger(20,2), ATR(14) and OBV per symbol,
         TA-Lib's values over each symbol's full stored history."""
         sessions = partition_dates(context.partition_keys)
-        # Full history up to the range's end: EMA, RSI and OBV depend on every earlier bar.
+        first = min(sessions)
+        # EMA, RSI, MACD, ATR and OBV carry every earlier bar forward: new prices for a session
+        # change the stored indicators of every later session, so those are refreshed too.
+        later = sorted(d for d in lake.existing_days("indicators", market) if d > max(sessions))
+        last = later[-1] if later else max(sessions)
         history = lake.read_partitions(
-            "daily_prices", market, DAILY_PRICES, last=max(sessions), columns=HISTORY_COLUMNS
+            "daily_prices", market, DAILY_PRICES, last=last, columns=HISTORY_COLUMNS
         )
-        values = compute_indicators(history).filter(
-            pl.col("trade_date").is_between(min(sessions), max(sessions))
+        values = compute_indicators(history).filter(pl.col("trade_date").is_between(first, last))
+        # Replaces exactly the partitions of this run and the later ones refreshed, each atomically.
+        lake.write_partitions(
+            "indicators", market, values.select(INDICATORS.names()), [*sessions, *later]
         )
-        # Replaces exactly the partitions of this run, each atomically.
-        lake.write_partitions("indicators", market, values.select(INDICATORS.names()), sessions)
+        _record_refreshed(context, later, first)
+        in_run = values.filter(pl.col("trade_date").is_between(first, max(sessions)))
         return dg.MaterializeResult(
             metadata={
-                "rows": len(values),
+                "rows": len(in_run),
                 "sessions": len(sessions),
+                "later_sessions_refreshed": len(later),
                 "history_rows_read": len(history),
                 "path": lake.uri(lake.market_dir("indicators", market)),
-                **preview(values.drop_nulls().tail(10), sessions),
+                **preview(in_run.drop_nulls().tail(10), sessions),
             }
         )
 

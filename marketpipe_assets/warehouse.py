@@ -23,6 +23,7 @@ from resources.warehouse import (
     session_counts,
 )
 
+from .declarative import after_checked_inputs
 from .markets import MARKETS, partition_dates, partitions_def
 
 WAREHOUSE_URL_VARIABLE = "MARKETPIPE_WAREHOUSE_URL"
@@ -107,9 +108,8 @@ def warehouse_asset(market: str) -> dg.AssetsDefinition:
                 f"in every table ({', '.join(TABLES)}).",
             )
         ],
-        # Loads new sessions once prices and indicators landed and their blocking checks passed.
-        automation_condition=dg.AutomationCondition.eager()
-        & dg.AutomationCondition.all_deps_blocking_checks_passed(),
+        # Loads every session whose prices or indicators changed, once their blocking checks passed.
+        automation_condition=after_checked_inputs(),
         group_name=market,
         kinds={"postgres", "polars"},
     )
