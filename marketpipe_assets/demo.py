@@ -73,8 +73,8 @@ def _problems(result: dg.ExecuteInProcessResult, instance: dg.DagsterInstance) -
     warnings = []
     for entry in instance.all_logs(result.run_id):
         if not entry.is_dagster_event and entry.level >= logging.WARNING:
-            first = entry.user_message.strip().splitlines()[0]
-            if first not in warnings:
+            first = (entry.user_message.strip().splitlines() or [""])[0]
+            if first and first not in warnings:
                 warnings.append(first)
     lines.extend(_line(f"warning: {w}") for w in warnings[:MAX_WARNINGS])
     if len(warnings) > MAX_WARNINGS:
@@ -110,18 +110,18 @@ def _outcome(evaluation: dg.AssetCheckEvaluation) -> str:
 
 def _checks(market: str, result: dg.ExecuteInProcessResult) -> list[str]:
     """Every check evaluated in the run, whatever the selection holds, under its asset."""
+    evaluations = [e for e in result.get_asset_check_evaluations() if e.asset_key.path[0] == market]
+    if not evaluations:
+        return ["   checks: none evaluated (see the failures below)"]
+    width = max(len(_outcome(e)) for e in evaluations)
     lines, asset = [], None
-    for evaluation in result.get_asset_check_evaluations():
-        if evaluation.asset_key.path[0] != market:
-            continue
+    for evaluation in evaluations:
         if evaluation.asset_key.path[-1] != asset:
             asset = evaluation.asset_key.path[-1]
             lines.append(f"   checks of {asset}:")
-        outcome = (
-            f"{evaluation.check_name:<20} {_outcome(evaluation):<15} {evaluation.description or ''}"
-        )
-        lines.append(_line(outcome, "     "))
-    return lines or ["   checks: none evaluated (see the failures below)"]
+        outcome = f"{evaluation.check_name:<20} {_outcome(evaluation):<{width}}"
+        lines.append(_line(f"{outcome}  {evaluation.description or ''}", "     "))
+    return lines
 
 
 def _summary(market: str, keys: list[str], result: dg.ExecuteInProcessResult, lake) -> list[str]:
