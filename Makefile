@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/.dagster
 export MARKETPIPE_LAKE_URL ?= $(CURDIR)/data/lake
 export MARKETPIPE_LANDING_URL ?= $(CURDIR)/data/landing
+export MARKETPIPE_SPOOL_DIR ?= $(CURDIR)/data/spool
+UI_PORT ?= 3000
 # Dagster writes events in batches instead of one SQLite commit each (see FACTS.md).
 export DAGSTER_EVENT_BATCH_SIZE ?= 1000
 
@@ -33,8 +35,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check marketpipe_assets resources checks tests bench
 	$(BIN)/ruff format --check marketpipe_assets resources checks tests bench
 
+# From DAGSTER_HOME: `dagster dev` warns about any dagster.yaml in its working directory that is
+# not DAGSTER_HOME's, and the repository's is only the template written there by `install`.
 ui: install
-	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	cd "$(DAGSTER_HOME)" && "$(CURDIR)/$(BIN)/dagster" dev -w "$(CURDIR)/workspace.yaml" \
+		-h 127.0.0.1 -p $(UI_PORT)
 
 bench: install
 	$(BIN)/python -m bench.run

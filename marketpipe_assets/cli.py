@@ -7,8 +7,8 @@
     marketpipe query top-volume --n 5 --market us
     marketpipe query price AAPL --market us
 
-Query answers are JSON on stdout (seed 004's shapes, hours as ISO datetimes in UTC), read from
-MARKETPIPE_LAKE_URL and the spool under MARKETPIPE_SPOOL_DIR.
+Query answers are JSON on stdout (hours as ISO datetimes in UTC), read from MARKETPIPE_LAKE_URL
+and the spool under MARKETPIPE_SPOOL_DIR; problems go to stderr with a non-zero exit code.
 """
 
 import argparse
@@ -19,14 +19,22 @@ import sys
 
 from .markets import MARKETS
 
-QUERIES = (
-    "transactions-hourly",
-    "volumes-hourly",
-    "hourly-stats",
-    "transactions-minutes",
-    "top-volume",
-    "price",
-)
+# Each report and what it answers, in the words `marketpipe query --help` shows.
+QUERIES = {
+    "transactions-hourly": "trades per stock in each of the last 6 closed hours",
+    "volumes-hourly": "volume per stock in each of the last 6 closed hours",
+    "hourly-stats": "total trades and volume of each of the last 12 closed hours, and the "
+    "session hours without any trade (missing_hours)",
+    "transactions-minutes": "trades of one stock in each of the last N minutes (the current "
+    "minute excluded)",
+    "top-volume": "the N stocks with the highest volume in the last 60 minutes up to now",
+    "price": "a stock's latest price: the volume-weighted average price of its latest minute "
+    "with trades (up to 7 days back)",
+}
+DESCRIPTION = """marketpipe's own commands: collect live trades into the lake, and answer trade
+reports from what was collected. Daily prices, indicators and the other datasets are Dagster
+assets: materialize them with `dagster asset materialize -m marketpipe_assets.definitions` or
+`make ui`."""
 
 
 def _now(raw: str | None) -> dt.datetime:
@@ -42,22 +50,41 @@ def _now(raw: str | None) -> dt.datetime:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="marketpipe", description="marketpipe commands")
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("collect", help="run the trade collector (see `marketpipe collect -h`)")
-    query = commands.add_parser("query", help="seed-004 trade reports as JSON")
-    reports = query.add_subparsers(dest="report", required=True)
+    parser = argparse.ArgumentParser(prog="marketpipe", description=DESCRIPTION)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # Parsed by collect.py itself (main below hands it the arguments); listed here for --help.
+    commands.add_parser(
+        "collect",
+        help="collect one market's live trades into the spool and the lake until stopped "
+        "(`marketpipe collect --help` for its options)",
+    )
+    query = commands.add_parser(
+        "query",
+        help="trade reports from the collected trades, as JSON on stdout",
+        description="Trade reports from the collected trades (the lake's trades and hourly "
+        "aggregates plus the collector's unflushed spool), as JSON on stdout. Times are UTC.",
+    )
+    reports = query.add_subparsers(dest="report", required=True, metavar="REPORT")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--market", choices=sorted(MARKETS), required=True)
-    common.add_argument("--now", type=_now, default=None, help="fix 'now' (ISO, default UTC)")
-    for name in QUERIES:
-        report = reports.add_parser(name, parents=[common])
+    common.add_argument(
+        "--market", choices=sorted(MARKETS), required=True, help="the market whose trades to read"
+    )
+    common.add_argument(
+        "--now",
+        type=_now,
+        default=None,
+        metavar="ISO-DATETIME",
+        help="answer as of this moment, e.g. 2026-11-20T15:30:00Z (UTC unless it carries an "
+        "offset; trades after it are never counted); default: the current time",
+    )
+    for name, what in QUERIES.items():
+        report = reports.add_parser(name, parents=[common], help=what, description=what + ".")
         if name in ("transactions-minutes", "price"):
-            report.add_argument("symbol")
+            report.add_argument("symbol", help="the stock's symbol, e.g. AAPL or 005930")
         if name == "transactions-minutes":
-            report.add_argument("--n", type=int, default=10, help="minutes (default 10)")
+            report.add_argument("--n", type=int, default=10, help="how many minutes (default 10)")
         if name == "top-volume":
-            report.add_argument("--n", type=int, default=5, help="stocks (default 5)")
+            report.add_argument("--n", type=int, default=5, help="how many stocks (default 5)")
     return parser
 
 

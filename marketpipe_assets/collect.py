@@ -2,12 +2,11 @@
 
     marketpipe collect --market us --source finnhub --symbols AAPL,MSFT
 
-Runs until stopped. SIGTERM (or Ctrl-C) stops receiving, flushes the spool to the lake (for up to
---drain-seconds; what is left stays in the spool for the next start) and exits 0. Settings:
-MARKETPIPE_LAKE_URL, MARKETPIPE_SPOOL_DIR, MARKETPIPE_SPOOL_RETENTION_DAYS (3),
-MARKETPIPE_SPOOL_SYNCHRONOUS (NORMAL), MARKETPIPE_TRADE_FLUSH_SECONDS (5),
-MARKETPIPE_TRADE_SESSION_TOLERANCE_MINUTES (5), the provider's credentials and URLs
-(FINNHUB_API_KEY, FINNHUB_WS_URL; KIS_APP_KEY, KIS_APP_SECRET, KIS_BASE_URL, KIS_WS_URL).
+Runs until stopped; logs go to stderr: the connection's state (connecting, connected,
+subscribed, reconnecting and why), every --progress-seconds the counts so far (received,
+committed to the spool, flushed to the lake, quarantined), and a summary on exit. SIGTERM (or
+Ctrl-C) stops receiving, flushes the spool to the lake (for up to --drain-seconds; what is left
+stays in the spool for the next start) and exits 0.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ import os
 import resource
 import signal
 import sys
+import time
 
 from marketpipe_assets.markets import MARKETS
 from resources.collector.feeds import feed_from_env
@@ -30,6 +30,14 @@ from resources.sources.base import ConfigurationError
 from resources.trade_spool import TradeSpool, spool_path
 
 logger = logging.getLogger("marketpipe.collector")
+SETTINGS = """settings (environment variables):
+  MARKETPIPE_LAKE_URL, MARKETPIPE_SPOOL_DIR        where trades go (data/lake, data/spool)
+  MARKETPIPE_TRADE_FLUSH_SECONDS (5)               how often the spool is flushed to the lake
+  MARKETPIPE_SPOOL_RETENTION_DAYS (3)              flushed rows older than this are pruned
+  MARKETPIPE_SPOOL_SYNCHRONOUS (NORMAL)            FULL also survives a power loss
+  MARKETPIPE_TRADE_SESSION_TOLERANCE_MINUTES (5)   trades this far outside a session are kept
+  FINNHUB_API_KEY, FINNHUB_WS_URL                  --source finnhub
+  KIS_APP_KEY, KIS_APP_SECRET, KIS_BASE_URL, KIS_WS_URL   --source kis"""
 # A feed serves one market: KIS H0STCNT0 is KRX's tape, Finnhub's stock trades here are US.
 FEED_MARKETS = {FINNHUB: ("us",), KIS: ("krx",), SYNTHETIC: tuple(MARKETS)}
 
@@ -45,23 +53,111 @@ def _float_env(variable: str, default: float) -> float:
     return value
 
 
+def _seconds(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{raw!r}: give a number of seconds >= 0, e.g. 10")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="marketpipe collect", description=__doc__.split("\n")[0])
-    p.add_argument("--market", required=True, choices=sorted(MARKETS))
-    p.add_argument("--source", default=SYNTHETIC, choices=sorted(FEED_MARKETS))
-    p.add_argument("--symbols", required=True, help="comma list, e.g. AAPL,MSFT or 005930")
-    p.add_argument("--seed", type=int, default=0, help="synthetic source: seed")
-    p.add_argument("--rate", type=float, default=1000.0, help="synthetic source: trades/s")
-    p.add_argument("--drain-seconds", type=float, default=30.0, help="flush time on SIGTERM")
+    p = argparse.ArgumentParser(
+        prog="marketpipe collect",
+        description=__doc__.split("\n\n", 2)[2],
+        epilog=SETTINGS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--market",
+        required=True,
+        choices=sorted(MARKETS),
+        help="the market whose trades to collect",
+    )
+    p.add_argument(
+        "--source",
+        default=SYNTHETIC,
+        choices=sorted(FEED_MARKETS),
+        help="where trades come from: finnhub (us), kis (krx) or synthetic, a deterministic "
+        "local stream for any market (default)",
+    )
+    p.add_argument(
+        "--symbols", required=True, help="comma list of symbols, e.g. AAPL,MSFT or 005930"
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        metavar="N",
+        help="synthetic source only: seed of its trades (default 0)",
+    )
+    p.add_argument(
+        "--rate",
+        type=float,
+        metavar="PER_SECOND",
+        default=1000.0,
+        help="synthetic source only: trades per second (default 1000)",
+    )
+    p.add_argument(
+        "--drain-seconds",
+        type=_seconds,
+        metavar="SECONDS",
+        default=30.0,
+        help="on SIGTERM or Ctrl-C, how long to keep flushing the spool to the lake before "
+        "exiting; the rest waits in the spool for the next start (default 30)",
+    )
+    p.add_argument(
+        "--progress-seconds",
+        type=_seconds,
+        metavar="SECONDS",
+        default=10.0,
+        help="how often to log the counts received, committed, flushed and quarantined "
+        "(default 10; 0: only the summary on exit)",
+    )
     return p
 
 
-async def _collect(collector: Collector, flusher: FlusherProcess) -> bool:
+def _counts(collector: Collector, flushed: dict) -> str:
+    """The four counts of the progress lines and the summary, from this start on."""
+    received = collector.stats
+    replayed = f" ({received.replayed:,} already in the spool)" if received.replayed else ""
+    return (
+        f"received {received.rows:,}, committed {received.stored:,}{replayed}, "
+        f"flushed {flushed.get('trades', 0):,}, quarantined {flushed.get('quarantined', 0):,}"
+    )
+
+
+async def _report_progress(
+    collector: Collector, flusher: FlusherProcess, spool: TradeSpool, every: float
+) -> None:
+    while True:
+        await asyncio.sleep(every)
+        counts = _counts(collector, flusher.progress)
+        logger.info("%s %s: %s; %s waiting in the spool", collector.feed.source, collector.state,
+                    counts, f"{spool.backlog():,}")  # fmt: skip
+
+
+async def _collect(
+    collector: Collector, flusher: FlusherProcess, spool: TradeSpool, args: argparse.Namespace
+) -> bool:
     loop = asyncio.get_running_loop()
+
+    def stop(sig: signal.Signals) -> None:
+        logger.info("%s received: stopping", sig.name)
+        collector.stop()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, collector.stop)
-    await collector.run()
-    logger.info("stopping: flushing the spool to the lake")
+        loop.add_signal_handler(sig, stop, sig)
+    every = args.progress_seconds
+    reporter = every and asyncio.create_task(_report_progress(collector, flusher, spool, every))
+    try:
+        await collector.run()
+    finally:
+        if reporter:
+            reporter.cancel()
+    logger.info("flushing the spool to the lake (for up to %s s)", args.drain_seconds)
     return await asyncio.to_thread(flusher.finish)
 
 
@@ -92,21 +188,22 @@ def main(argv: list[str] | None = None) -> int:
     collector = Collector(feed, spool)
     logger.info("collecting %s trades of %s from %s into %s", args.market, ",".join(symbols),
                 args.source, spool.path)  # fmt: skip
+    started = time.monotonic()
     flusher.start(args.drain_seconds)
     try:
-        empty = asyncio.run(_collect(collector, flusher))
+        empty = asyncio.run(_collect(collector, flusher, spool, args))
+        waiting = spool.backlog()
     finally:
         spool.close()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     collector.stats.seconds["cpu"] = usage.ru_utime + usage.ru_stime
-    summary = {
-        "receive": vars(collector.stats),
-        "flush": flusher.stats,
-        "spool_empty": empty,
-    }
-    logger.info("collector stopped: %s", json.dumps(summary))
-    if not empty:
-        logger.warning("the lake was not reachable in time: the rest stays in the spool")
+    details = {"receive": vars(collector.stats), "flush": flusher.stats, "spool_empty": empty}
+    logger.info("collector stopped: %s", json.dumps(details))  # every figure, for scripts
+    left = f"{waiting:,} rows wait in the spool" if waiting else "the spool is empty"
+    logger.info("summary after %.1f s over %d connection(s): %s; %s", time.monotonic() - started,
+                collector.stats.connections, _counts(collector, flusher.stats), left)  # fmt: skip
+    if waiting:
+        logger.warning("the lake was not written in time: the rest is flushed on the next start")
     return 0
 
 

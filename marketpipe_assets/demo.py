@@ -1,23 +1,36 @@
 """`make demo`: materialize the 20 most recent sessions of every market and print a summary.
 
 Runs in process against the real instance in $DAGSTER_HOME, so the runs, materializations and
-check results show up in the UI (`make ui`) afterwards.
+check results show up in the UI (`make ui`) afterwards. The console shows only the summary and
+what went wrong; Dagster's event stream is in the instance, where the UI reads it.
 """
 
+import datetime as dt
+import logging
 import sys
+import textwrap
 import time
 
 import dagster as dg
 import polars as pl
 
+from checks.price_checks import completeness_by_session
+
 from .automation import RANGE_END_TAG, RANGE_START_TAG
 from .definitions import assets, defs
-from .markets import MARKETS, partitions_def
-from .schemas import DAILY_PRICES
+from .markets import MARKETS, partition_dates, partitions_def
+from .prices import load_universe
+from .schemas import DAILY_PRICES, INDICATORS
 
 SESSIONS = 20
 # The contract's demo: daily prices (with their checks) and indicators.
 DEMO_DATASETS = ("daily_prices", "indicators")
+# Dagster's console logger would echo every event (about 130 DEBUG lines); failures and warnings
+# are printed below in a line or two each. Events still reach the instance's event log.
+QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+WIDTH = 100
+PER_LINE = 7  # completeness figures per line
+MAX_WARNINGS = 5  # per run; the rest are in the UI
 
 
 def _run(selection, instance, **kwargs) -> dg.ExecuteInProcessResult:
@@ -25,36 +38,116 @@ def _run(selection, instance, **kwargs) -> dg.ExecuteInProcessResult:
         selection,
         instance=instance,
         resources=defs.resources,
+        run_config=QUIET,
         raise_on_error=False,
         **kwargs,
     )
 
 
-def _summary(market: str, result: dg.ExecuteInProcessResult, lake) -> str:
-    keys = partitions_def(market).get_partition_keys()[-SESSIONS:]
-    first, last = (pl.Series([keys[0], keys[-1]]).str.to_date()).to_list()
-    stored = lake.read_partitions("daily_prices", market, DAILY_PRICES, first=first, last=last)
-    quarantined = lake.read_quarantine("daily_prices", market, DAILY_PRICES, first=first, last=last)
-    lines = [
-        f"== {market} ({MARKETS[market].calendar}) sessions {keys[0]}..{keys[-1]} ({len(keys)})",
-        f"   rows stored {len(stored):,}   rows quarantined {len(quarantined):,}",
-    ]
-    for evaluation in result.get_asset_check_evaluations():
-        if evaluation.asset_key.path[0] == market:
-            state = "PASS" if evaluation.passed else f"FAIL ({evaluation.severity.value})"
-            lines.append(
-                f"   check {evaluation.check_name:<20} {state:<12} {evaluation.description}"
-            )
-    completeness = next(
-        e.metadata["by_session"].value
-        for e in result.get_asset_check_evaluations()
-        if e.asset_key.path[0] == market and e.check_name == "completeness"
+def _line(text: str, indent: str = "   ") -> str:
+    """`text` on at most two lines of WIDTH (paths are never cut), the rest elided."""
+    return textwrap.fill(
+        text,
+        WIDTH,
+        initial_indent=indent,
+        subsequent_indent=indent + "  ",
+        max_lines=2,
+        placeholder=" …",
+        break_long_words=False,
     )
-    lines.append("   completeness per session:")
-    lines.extend("     " + line for line in completeness.splitlines())
-    for dataset in ("daily_prices", "indicators", "quarantine/daily_prices", "universe"):
-        lines.append(f"   {dataset:<24} {lake.uri(lake.market_dir(dataset, market))}")
-    return "\n".join(lines)
+
+
+def _problems(result: dg.ExecuteInProcessResult, instance: dg.DagsterInstance) -> list[str]:
+    """A line or two per failed step (its innermost error: ours, in our words) and the run's
+    warnings (e.g. a source of a fallback chain that could not serve)."""
+    lines = []
+    for event in result.get_step_failure_events():
+        error = event.step_failure_data.error
+        while error is not None and error.cause is not None:
+            error = error.cause
+        text = error.message.strip() if error else "(no error recorded)"
+        # The message starts with the exception's dotted class path; its words are what count.
+        if error and error.cls_name and f"{error.cls_name}: " in text.split("\n")[0]:
+            text = text.split(f"{error.cls_name}: ", 1)[1]
+        lines.append(_line(f"FAILED {event.step_key}: {text}"))
+    warnings = []
+    for entry in instance.all_logs(result.run_id):
+        if not entry.is_dagster_event and entry.level >= logging.WARNING:
+            first = (entry.user_message.strip().splitlines() or [""])[0]
+            if first and first not in warnings:
+                warnings.append(first)
+    lines.extend(_line(f"warning: {w}") for w in warnings[:MAX_WARNINGS])
+    if len(warnings) > MAX_WARNINGS:
+        lines.append(_line(f"... {len(warnings) - MAX_WARNINGS} more warnings in the UI"))
+    return lines
+
+
+def _completeness(lake, market: str, stored: pl.DataFrame, sessions: list[dt.date]) -> list[str]:
+    """Stored ÷ active symbols per session, in percent, computed from the lake by the same rule
+    as the completeness check."""
+    try:
+        universe = load_universe(lake, market)
+    except dg.Failure:
+        return ["   completeness: no universe stored"]
+    by_session = completeness_by_session(stored, universe, sessions)
+    figures = [
+        f"{day:%m-%d} {100 * have / active if active else 100:.1f}".ljust(11)
+        for day, active, have in by_session.select("trade_date", "active", "stored").rows()
+    ]
+    lines = ["   completeness per session, % of active symbols stored:"]
+    for start in range(0, len(figures), PER_LINE):
+        lines.append("     " + " ".join(figures[start : start + PER_LINE]).rstrip())
+    return lines
+
+
+def _outcome(evaluation: dg.AssetCheckEvaluation) -> str:
+    if evaluation.passed:
+        return "PASS"
+    if evaluation.blocking:
+        return "FAIL (blocking)"
+    return "WARN" if evaluation.severity == dg.AssetCheckSeverity.WARN else "FAIL"
+
+
+def _checks(market: str, result: dg.ExecuteInProcessResult) -> list[str]:
+    """Every check evaluated in the run, whatever the selection holds, under its asset."""
+    evaluations = [e for e in result.get_asset_check_evaluations() if e.asset_key.path[0] == market]
+    if not evaluations:
+        return ["   checks: none evaluated (see the failures below)"]
+    width = max(len(_outcome(e)) for e in evaluations)
+    lines, asset = [], None
+    for evaluation in evaluations:
+        if evaluation.asset_key.path[-1] != asset:
+            asset = evaluation.asset_key.path[-1]
+            lines.append(f"   checks of {asset}:")
+        outcome = f"{evaluation.check_name:<20} {_outcome(evaluation):<{width}}"
+        lines.append(_line(f"{outcome}  {evaluation.description or ''}", "     "))
+    return lines
+
+
+def _summary(market: str, keys: list[str], result: dg.ExecuteInProcessResult, lake) -> list[str]:
+    sessions = partition_dates(keys)
+    bounds = {"first": sessions[0], "last": sessions[-1]}
+    stored = lake.read_partitions("daily_prices", market, DAILY_PRICES, **bounds)
+    quarantined = lake.read_quarantine("daily_prices", market, DAILY_PRICES, **bounds)
+    materialized = {e.asset_key.path[-1] for e in result.get_asset_materialization_events()}
+    if "indicators" in materialized:
+        indicators = lake.read_partitions(
+            "indicators", market, INDICATORS, columns=["symbol"], **bounds
+        )
+        derived = f"indicators {len(indicators):,} rows"
+    else:
+        derived = "indicators not computed in this run"
+    lines = [
+        f"== {market} ({MARKETS[market].calendar}): {len(keys)} sessions {keys[0]}..{keys[-1]}"
+        f"  run {result.run_id[:8]}",
+        f"   daily_prices {len(stored):,} rows stored, {len(quarantined):,} quarantined;  "
+        + derived,
+        *_completeness(lake, market, stored, sessions),
+        *_checks(market, result),
+    ]
+    datasets = "daily_prices, indicators, quarantine/daily_prices, universe"
+    lines.append(_line(f"data in {lake.uri(lake.root)}: {datasets} (folders market={market})"))
+    return lines
 
 
 def main() -> int:
@@ -63,8 +156,9 @@ def main() -> int:
     ok = True
     with dg.DagsterInstance.get() as instance:
         universes = [a for a in assets if a.key.path[1] == "universe"]
-        ok &= _run(universes, instance).success
-        reports = []
+        result = _run(universes, instance)
+        ok &= result.success
+        lines = _problems(result, instance)
         for market in MARKETS:
             keys = partitions_def(market).get_partition_keys()[-SESSIONS:]
             selection = [
@@ -74,14 +168,15 @@ def main() -> int:
                 selection, instance, tags={RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]}
             )
             ok &= result.success
-            reports.append(_summary(market, result, lake))
-    print("\n" + "\n\n".join(reports))
+            lines += ["", *_summary(market, keys, result, lake), *_problems(result, instance)]
+    print("\n".join(lines))
     example = f"{lake.uri(lake.root)}/daily_prices/*/*/*.parquet"
     print(
-        f"\nQuery it with DuckDB: SELECT market, date, count(*) FROM "
-        f"read_parquet('{example}', hive_partitioning=true) GROUP BY ALL ORDER BY ALL"
+        f"\nQuery it with DuckDB:\n  SELECT market, date, count(*) FROM read_parquet('{example}',"
     )
-    print(f"Done in {time.monotonic() - started:.1f} s. Open the UI with `make ui`.")
+    print("    hive_partitioning=true) GROUP BY ALL ORDER BY ALL")
+    outcome = "Done" if ok else "Finished with failures (above)"
+    print(f"{outcome} in {time.monotonic() - started:.1f} s. Open the UI with `make ui`.")
     return 0 if ok else 1
 
 

@@ -1,10 +1,11 @@
-"""The seed-004 trade reports as functions returning JSON-ready dicts.
+"""The trade reports of `marketpipe query` as functions returning JSON-ready dicts.
 
 Every answer reads the lake and the collector's spool together: stored hourly or per-minute
 aggregates for hours that are complete (trade_aggregates.complete_hours: aggregated, no batch
 flushed since holds a trade of the hour, no unflushed trade of the hour), raw trades of the
 other hours plus the spool's unflushed trades, de-duplicated and checked exactly as the
-aggregation does. Times are UTC; hours and minutes are given as ISO datetimes of their start.
+aggregation does. No answer counts a trade stamped after its `now`. Times are UTC; hours and
+minutes are given as ISO datetimes of their start.
 """
 
 import datetime as dt
@@ -25,11 +26,12 @@ from .trade_aggregates import (
     floor_hour,
     read_hours,
     read_trades,
+    session_hours,
     trade_days,
 )
 
 MINUTE = dt.timedelta(minutes=1)
-# Seed 004's windows: A.1/A.2 the last 6 closed hours, A.3 the last 12, B.2 the last hour.
+# The reports' windows: A.1/A.2 the last 6 closed hours, A.3 the last 12, B.2 the last hour.
 PER_STOCK_HOURS = 6
 STATS_HOURS = 12
 TOP_MINUTES = 60
@@ -66,7 +68,8 @@ def buckets(
     symbol: str | None = None,
 ) -> pl.DataFrame:
     """BUCKETS per (bucket start, symbol) of the trades with start <= ts < end; `grain` is an
-    hour or a minute and `start` is aligned to it."""
+    hour or a minute and `start` is aligned to it. `end` may cut a bucket (a query's "now"):
+    that bucket then holds only the trades before `end`."""
     in_window = (pl.col("ts") >= start) & (pl.col("ts") < end)
     wanted = pl.lit(True) if symbol is None else pl.col("symbol") == symbol
     hours = []
@@ -76,7 +79,9 @@ def buckets(
         hour += HOUR
     spool = spool.filter(in_window)
     fresh = set(spool["ts"].dt.truncate("1h").unique())
-    complete = sorted(complete_hours(lake, market, hours) - fresh)
+    # Stored aggregates hold whole hours: an hour that `end` cuts is recomputed from its trades.
+    whole = [h for h in hours if h + HOUR <= end]
+    complete = sorted(complete_hours(lake, market, whole) - fresh)
     stored = _stored(lake, market, complete, grain).filter(
         (pl.col("start") >= start) & (pl.col("start") < end), wanted
     )
@@ -126,6 +131,13 @@ def _iso(ts: dt.datetime) -> str:
     return ts.astimezone(dt.UTC).isoformat()
 
 
+def _through(now: dt.datetime) -> dt.datetime:
+    """The exclusive end bound that keeps every trade stamped at or before `now` and none after
+    (trade times have millisecond precision)."""
+    now = now.astimezone(dt.UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000) + dt.timedelta(milliseconds=1)
+
+
 def _closed_hours(now: dt.datetime, count: int) -> list[dt.datetime]:
     """The `count` hours before the current one, newest first."""
     current = floor_hour(now)
@@ -135,11 +147,15 @@ def _closed_hours(now: dt.datetime, count: int) -> list[dt.datetime]:
 def _per_hour(lake, market, now, count, shape) -> dict:
     hours = _closed_hours(now, count)
     table = buckets(lake, market, hours[-1], hours[0] + HOUR, HOUR, spool=unflushed_trades(market))
+    trading = set(session_hours(market, hours[-1], hours[0] + HOUR))
     transactions, missing = [], []
     for hour in hours:
         rows = table.filter(pl.col("start") == hour).sort("symbol")
-        if rows.is_empty():  # seed 004: an hour without data is listed, not shown as zeros
-            missing.append(_iso(hour))
+        if rows.is_empty():
+            # An hour of a session without data is listed, not shown as zeros; an hour
+            # outside every session (overnight, weekend, holiday) is expected to be empty.
+            if hour in trading:
+                missing.append(_iso(hour))
             continue
         entry = {"hour": _iso(hour), "datetime": f"{hour:%Y-%m-%d %H:%M:%S}"}
         transactions.append({**entry, "data": shape(rows)})
@@ -196,26 +212,26 @@ def transactions_minutes(
 
 def top_volume(lake: LakeResource, market: str, n: int, now: dt.datetime) -> dict:
     """B.2: the `n` stocks with the highest volume in the last hour: the 59 minutes before the
-    current one and the current minute so far (the freshest trades come from the spool)."""
+    current one and the current minute up to `now` (the freshest trades come from the spool)."""
     if n < 1:
         raise ValueError(f"N={n}: the number of stocks must be at least 1")
     current = now.astimezone(dt.UTC).replace(second=0, microsecond=0)
-    start, end = current - MINUTE * (TOP_MINUTES - 1), current + MINUTE
-    table = buckets(lake, market, start, end, MINUTE, spool=unflushed_trades(market))
+    start = current - MINUTE * (TOP_MINUTES - 1)
+    table = buckets(lake, market, start, _through(now), MINUTE, spool=unflushed_trades(market))
     top = (
         table.group_by("symbol")
         .agg(total_volume=pl.col("volume").sum(), total_count=pl.col("trades").sum())
         .sort(["total_volume", "symbol"], descending=[True, False])
         .head(n)
     )
-    return {"start": _iso(start), "end": _iso(end), "top": top.to_dicts()}
+    return {"start": _iso(start), "end": _iso(now), "top": top.to_dicts()}
 
 
 def latest_price(lake: LakeResource, market: str, symbol: str, now: dt.datetime) -> dict:
     """B.3: the current price of `symbol`: the VWAP of its latest minute with trades (up to
-    now, the current minute included), looking back at most PRICE_LOOKBACK."""
+    `now`, the current minute's trades so far included), looking back at most PRICE_LOOKBACK."""
     spool = unflushed_trades(market)
-    end = now.astimezone(dt.UTC).replace(second=0, microsecond=0) + MINUTE
+    end = _through(now)
     # Nearest first: most calls find a trade in the current hour and read nothing older.
     for back in (end - floor_hour(now), dt.timedelta(days=1), PRICE_LOOKBACK):
         start = (end - back).replace(second=0, microsecond=0)

@@ -1,5 +1,6 @@
 """End to end through Dagster's own CLI, as CONTRACT section 1 documents it."""
 
+import argparse
 import os
 import shutil
 import subprocess
@@ -93,3 +94,49 @@ def test_cli_materializes_a_partition_range_as_one_run(tmp_path):
         files = list((lake_url / dataset / "market=krx").glob("date=*/*.parquet"))
         assert len(files) == len(keys)
     assert lake.read_table("universe", "krx").height == 50
+
+
+# marketpipe's own console script ----------------------------------------------------------------
+def walk(parser: argparse.ArgumentParser, words: tuple[str, ...] = ()):
+    """(command words, parser) for the parser and every subcommand under it."""
+    yield words, parser
+    for action in parser._actions:  # argparse keeps subcommands here; no public accessor
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for name, sub in action.choices.items():
+                assert helps.get(name), f"marketpipe {' '.join(words)}: {name} has no help"
+                yield from walk(sub, (*words, name))
+
+
+def test_every_marketpipe_command_and_flag_has_help(capsys):
+    from marketpipe_assets import cli, collect
+
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("marketpipe")), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "seed" not in done.stdout.lower()  # in users' words
+    assert "collect" in done.stdout and "trade reports" in done.stdout
+    # `marketpipe collect` hands its arguments to collect.py's own parser.
+    parsers = [(w, p) for w, p in walk(cli._parser()) if w != ("collect",)]
+    parsers.append((("collect",), collect.parser()))
+    reports = {words[-1] for words, _ in parsers if words[:1] == ("query",) and len(words) == 2}
+    assert reports == set(cli.QUERIES)
+    for words, parser in parsers:
+        with pytest.raises(SystemExit) as exit_:
+            cli.main([*words, "--help"])
+        assert exit_.value.code == 0
+        text = " ".join(capsys.readouterr().out.split())
+        assert parser.description, words
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                continue
+            name = action.option_strings[-1] if action.option_strings else action.dest
+            assert action.help, f"marketpipe {' '.join(words)} {name}: no help"
+            assert name in text and " ".join(action.help.split()) in text, (words, name)
+    collect_help = " ".join(collect.parser().format_help().split())
+    for flag in ("--market", "--source", "--symbols", "--drain-seconds", "--progress-seconds"):
+        assert flag in collect_help

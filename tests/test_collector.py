@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import os
 import random
+import re
 import signal
 import sqlite3
 import subprocess
@@ -386,3 +387,70 @@ def assert_aggregates_hold_every_trade_once(lake, market: str, valid: list[tuple
         got.sort("symbol").select("symbol", "trades").rows()
         == expected.sort("symbol").select("symbol", pl.col("trades").cast(pl.Int64)).rows()
     )
+
+
+def test_collect_tells_its_state_counts_and_a_summary_on_sigterm(tmp_path):
+    """The synthetic stream end to end: what a user watching stderr sees, and nothing on stdout."""
+    env = {
+        **os.environ,
+        "MARKETPIPE_LAKE_URL": str(tmp_path / "lake"),
+        "MARKETPIPE_SPOOL_DIR": str(tmp_path / "spool"),
+        "MARKETPIPE_TRADE_FLUSH_SECONDS": "0.2",
+        "PYTHONPATH": str(REPO),
+    }
+    log = tmp_path / "collect.log"
+    command = [sys.executable, "-m", "marketpipe_assets.collect", "--market", "us", "--source",
+               "synthetic", "--symbols", "AAPL,MSFT", "--rate", "400", "--progress-seconds",
+               "0.3"]  # fmt: skip
+    with log.open("w") as stderr:
+        collector = subprocess.Popen(
+            command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True
+        )
+    try:
+        progress = re.compile(
+            r"synthetic connected: received ([\d,]+), committed ([\d,]+), flushed ([1-9][\d,]*), "
+            r"quarantined (\d+); [\d,]+ waiting in the spool"
+        )
+        wait_for(lambda: progress.search(log.read_text()), 60, "a progress line with flushes")
+    finally:
+        collector.send_signal(signal.SIGTERM)
+        out, _ = collector.communicate(timeout=60)
+    assert collector.returncode == 0
+    assert out == ""  # logs are for stderr
+    text = log.read_text()
+    states = ["synthetic: connecting", "synthetic: connected", "subscribed to AAPL, MSFT",
+              "SIGTERM received: stopping", "flushing the spool to the lake"]  # fmt: skip
+    assert all(s in text for s in states), text
+    assert [text.index(s) for s in states] == sorted(text.index(s) for s in states)
+    summary = re.search(
+        r"summary after [\d.]+ s over 1 connection\(s\): received ([\d,]+), committed ([\d,]+), "
+        r"flushed ([\d,]+), quarantined (\d+); the spool is empty",
+        text,
+    )
+    assert summary, text
+    received, committed, flushed, quarantined = (int(g.replace(",", "")) for g in summary.groups())
+    assert received == committed == flushed + quarantined > 0
+    stored = LakeResource(url=str(tmp_path / "lake")).read_files("trades/market=us/*/*.parquet",
+                                                                 TRADES)  # fmt: skip
+    assert stored.height == flushed
+
+
+def test_collect_says_why_it_reconnects(tmp_path):
+    env = {**os.environ, "FINNHUB_API_KEY": TOKEN, "FINNHUB_WS_URL": "ws://127.0.0.1:1",
+           "MARKETPIPE_RETRY_INITIAL_SECONDS": "0.1", "MARKETPIPE_RETRY_MAX_SECONDS": "0.2",
+           "MARKETPIPE_LAKE_URL": str(tmp_path / "lake"),
+           "MARKETPIPE_SPOOL_DIR": str(tmp_path / "spool"), "PYTHONPATH": str(REPO)}  # fmt: skip
+    log = tmp_path / "collect.log"
+    command = [sys.executable, "-m", "marketpipe_assets.collect", "--market", "us", "--source",
+               "finnhub", "--symbols", "AAPL"]  # fmt: skip
+    with log.open("w") as stderr:
+        collector = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=stderr)
+    try:
+        wait_for(lambda: log.read_text().count("reconnecting") >= 2, 60, "two reconnects")
+    finally:
+        collector.send_signal(signal.SIGTERM)
+        assert collector.wait(60) == 0
+    text = log.read_text()
+    assert re.search(r"finnhub: reconnecting in [\d.]+ s: connection failed: \w+", text), text
+    assert TOKEN not in text
+    assert "summary after" in text and "received 0, committed 0, flushed 0" in text

@@ -112,7 +112,7 @@ def test_transactions_and_volumes_per_stock_for_the_last_six_closed_hours(scene)
             {"hour": h(16), "datetime": f"{DAY} 16:00:00", "data": {"AAPL": 1, "MSFT": 2}},
             {"hour": h(14), "datetime": f"{DAY} 14:00:00", "data": {"AAPL": 2, "MSFT": 1}},
         ],
-        "missing_hours": [h(15), h(13), h(12)],
+        "missing_hours": [h(15)],  # 12:00 and 13:00 are before the 14:30 open: not missing
     }
     volumes = q.volumes_hourly(scene, "us", NOW)
     assert [t["data"] for t in volumes["transactions"]] == [
@@ -120,7 +120,7 @@ def test_transactions_and_volumes_per_stock_for_the_last_six_closed_hours(scene)
         {"AAPL": 5.0, "MSFT": 3.0},
         {"AAPL": 4.0, "MSFT": 10.0},
     ]
-    assert volumes["missing_hours"] == [h(15), h(13), h(12)]
+    assert volumes["missing_hours"] == [h(15)]
 
 
 def test_hourly_stats_for_twelve_hours_list_the_missing_ones(scene):
@@ -142,8 +142,22 @@ def test_hourly_stats_for_twelve_hours_list_the_missing_ones(scene):
                 "data": {"total_volume": 14.0, "total_count": 3},
             },
         ],
-        "missing_hours": [h(15), *(h(n) for n in range(13, 5, -1))],
+        "missing_hours": [h(15)],  # 06:00-13:00 are overnight, outside every session
     }
+
+
+def test_missing_hours_are_only_hours_of_a_session(lake, tmp_path, monkeypatch):
+    monkeypatch.setenv("MARKETPIPE_SPOOL_DIR", str(tmp_path / "spool"))
+    # Monday 2026-11-23 15:30 UTC: the 12 hours before reach back to 03:00 over the night; only
+    # the hour of the 14:30 open belongs to a session. KRX's Monday session (00:00-06:30 UTC)
+    # intersects 03:00-06:00 of the window.
+    monday = dt.datetime(2026, 11, 23, 15, 30, tzinfo=UTC)
+    assert q.hourly_stats(lake, "us", monday)["missing_hours"] == ["2026-11-23T14:00:00+00:00"]
+    krx = q.hourly_stats(lake, "krx", monday)["missing_hours"]
+    assert krx == [f"2026-11-23T{n:02d}:00:00+00:00" for n in (6, 5, 4, 3)]
+    # A Sunday has no session at all: nothing is missing.
+    sunday = dt.datetime(2026, 11, 22, 20, 0, tzinfo=UTC)
+    assert q.transactions_hourly(lake, "us", sunday)["missing_hours"] == []
 
 
 def test_trades_of_a_stock_in_the_last_minutes_exclude_the_current_minute(scene):
@@ -161,7 +175,7 @@ def test_trades_of_a_stock_in_the_last_minutes_exclude_the_current_minute(scene)
 
 def test_top_volume_in_the_last_hour_includes_the_freshest_minute(scene):
     answer = q.top_volume(scene, "us", 5, NOW)
-    assert (answer["start"], answer["end"]) == (f"{DAY}T17:31:00+00:00", f"{DAY}T18:31:00+00:00")
+    assert (answer["start"], answer["end"]) == (f"{DAY}T17:31:00+00:00", f"{DAY}T18:30:30+00:00")
     assert answer["top"] == [
         {"symbol": "MSFT", "total_volume": 106.0, "total_count": 3},  # m6, m7 and the spool's m8
         {"symbol": "AAPL", "total_volume": 7.0, "total_count": 4},
@@ -201,6 +215,37 @@ def test_a_late_batch_or_an_unflushed_trade_reopens_a_stored_hour(
     assert aapl_at_14() == 2
     spool(("a3", "AAPL", "14:59:59", 192.0, 1))  # later still, not flushed yet
     assert aapl_at_14() == 3
+
+
+def test_no_report_counts_a_trade_after_now(lake, instance, tmp_path, monkeypatch):
+    """NOW is 18:30:30; trades 10 s later, in the same minute, are the future to that answer,
+    whether they come from a stored hour, raw batch files or the spool."""
+    monkeypatch.setenv("MARKETPIPE_SPOOL_DIR", str(tmp_path / "spool"))
+    flush(
+        lake,
+        1,
+        2,
+        trades(("a1", "AAPL", "18:30:20", 100.0, 1), ("a2", "AAPL", "18:30:40", 300.0, 5)),
+    )
+
+    def answers(now=NOW):
+        return (
+            q.top_volume(lake, "us", 5, now)["top"],
+            q.latest_price(lake, "us", "AAPL", now),
+            q.transactions_minutes(lake, "us", "AAPL", 1, now)["count"],
+        )
+
+    before = [{"symbol": "AAPL", "total_volume": 1.0, "total_count": 1}]
+    price = {"symbol": "AAPL", "latest_price": 100.0, "minute": f"{DAY}T18:30:00+00:00"}
+    price |= {"trades": 1, "volume": 1.0}
+    assert answers() == (before, price, 0)  # raw batch files
+    aggregate(lake, instance, "2026-11-20-18:00")
+    assert answers() == (before, price, 0)  # the hour is stored with a2 in its 18:30 minute
+    spool(("a3", "AAPL", "18:30:40", 500.0, 7))
+    assert answers() == (before, price, 0)  # the spool
+    # A minute later all three count.
+    top, later, count = answers(dt.datetime(2026, 11, 20, 18, 31, 0, tzinfo=UTC))
+    assert (top[0]["total_count"], later["trades"], count) == (3, 3, 3)
 
 
 def test_cli_prints_the_answer_as_json(scene):

@@ -46,6 +46,7 @@ class Connection(Protocol):
 
 class Feed(Protocol):
     source: str
+    symbols: list[str]
     redact: Redactor
 
     async def open(self) -> Connection: ...

@@ -21,6 +21,7 @@ import resource
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -64,6 +65,8 @@ class Flusher:
         self.retry = retry or RetryPolicy.from_env()
         self.stats = FlushStats()
         self.stop = threading.Event()
+        # Called with the stats after every batch written (the collector's progress lines).
+        self.on_batch: Callable[[FlushStats], None] | None = None
 
     def _timed(self, stage: str, started: float) -> float:
         now = time.perf_counter()
@@ -93,6 +96,8 @@ class Flusher:
         self.stats.batches += 1
         self.stats.trades += checked.clean.height
         self.stats.quarantined += checked.quarantined.height
+        if self.on_batch is not None:
+            self.on_batch(self.stats)
         if checked.quarantined.height:
             broken = {k: v for k, v in checked.violation_counts.items() if v}
             logger.warning("quarantined %d rows of spool batch %s: %s", len(batch), name, broken)
@@ -155,9 +160,12 @@ class Flusher:
             lock.close()
 
 
-def _flush_in_child(parent: int, lake_url: str, args: tuple, options: dict, stop, results):
+def _flush_in_child(
+    parent: int, lake_url: str, args: tuple, options: dict, stop, results, progress
+) -> None:
     """The flusher process: dies with its parent (a SIGKILLed collector leaves no orphan
-    flushing behind the next one), leaves signals to the parent, reports its stats at the end."""
+    flushing behind the next one), leaves signals to the parent, shares its running counts
+    (`progress`: batches, trades, quarantined) and reports its stats at the end."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:  # the parent died before prctl
@@ -168,6 +176,11 @@ def _flush_in_child(parent: int, lake_url: str, args: tuple, options: dict, stop
     spool_file, market, drain_seconds = args
     flusher = Flusher(spool_file, LakeResource(url=lake_url), market, **options)
     flusher.stop = stop
+
+    def publish(stats: FlushStats) -> None:
+        progress[:] = [stats.batches, stats.trades, stats.quarantined]
+
+    flusher.on_batch = publish
     empty = flusher.run(drain_seconds)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     flusher.stats.seconds["cpu"] = usage.ru_utime + usage.ru_stime
@@ -182,6 +195,7 @@ class FlusherProcess:
         self._context = multiprocessing.get_context("spawn")  # no fork of a threaded process
         self._stop = self._context.Event()
         self._results = self._context.Queue()
+        self._progress = self._context.Array("q", 3)  # batches, trades, quarantined so far
         self._spec = (spool_file, lake_url, market, options)
         self.stats: dict = {}
         self._process = None
@@ -197,11 +211,29 @@ class FlusherProcess:
                 options,
                 self._stop,
                 self._results,
+                self._progress,
             ),  # fmt: skip
             name="trade-flusher",
             daemon=True,
         )
-        self._process.start()
+        # Ctrl-C signals the whole process group, and so may a service manager's SIGTERM: the
+        # child inherits "ignored" through exec, so such a signal during its start-up (imports,
+        # about a second) cannot kill it before it ignores signals itself. The parent's own
+        # handlers are set once this returns.
+        previous = {
+            sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            self._process.start()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    @property
+    def progress(self) -> dict[str, int]:
+        """What the flusher has written to the lake so far: batches, trades, quarantined rows."""
+        batches, trades, quarantined = self._progress[:]
+        return {"batches": batches, "trades": trades, "quarantined": quarantined}
 
     def finish(self) -> bool:
         """Stop it and wait for its final drain; True when the spool ended empty."""

@@ -42,6 +42,8 @@ class Collector:
         self.feed, self.spool = feed, spool
         self.retry = retry or RetryPolicy.from_env()
         self.stats = ReceiveStats()
+        # connecting, connected, reconnecting or stopped: shown in the progress lines.
+        self.state = "starting"
         self._stopping = False
         self._stopped: asyncio.Event | None = None
         self._connection: Connection | None = None
@@ -57,24 +59,26 @@ class Collector:
     async def run(self) -> None:
         failures = 0
         self._stopped = asyncio.Event()
+        source = self.feed.source
         while not self._stopping:
             started = time.monotonic()
+            reason = "the server closed the connection"
             try:
+                self.state = "connecting"
+                logger.info("%s: connecting", source)
                 self._connection = await self.feed.open()
                 if self._stopping:
                     await self._connection.close()
                     break
                 self.stats.connections += 1
+                self.state = "connected"
+                logger.info("%s: connected", source)
                 for message in self.feed.subscriptions():
                     await self._connection.send(message)
-                logger.info("%s: connected and subscribed", self.feed.source)
+                logger.info("%s: subscribed to %s", source, ", ".join(self.feed.symbols))
                 await self._receive(self._connection)
-                if not self._stopping:
-                    logger.warning("%s: the server closed the connection", self.feed.source)
             except (OSError, websockets.WebSocketException, TimeoutError) as exc:
-                if not self._stopping:
-                    logger.warning("%s: connection failed: %s", self.feed.source,
-                                   self.feed.redact(f"{type(exc).__name__}: {exc}"))  # fmt: skip
+                reason = "connection failed: " + self.feed.redact(f"{type(exc).__name__}: {exc}")
             finally:
                 self._connection = None
             if self._stopping:
@@ -84,9 +88,11 @@ class Collector:
                 self.retry.maximum,
                 self.retry.initial * 2 ** (failures - 1) + random.uniform(0, self.retry.jitter),
             )
-            logger.info("%s: reconnecting in %.2f s", self.feed.source, wait)
+            self.state = "reconnecting"
+            logger.warning("%s: reconnecting in %.2f s: %s", source, wait, reason)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopped.wait(), wait)
+        self.state = "stopped"
 
     async def _receive(self, connection: Connection) -> None:
         stats, seconds = self.stats, self.stats.seconds
