@@ -13,6 +13,7 @@ import polars as pl
 
 from marketpipe_assets.metadata import markdown_table
 
+from .listing import active_on, listed_from, listed_until
 from .rulebook import (
     COMPLETENESS_THRESHOLD,
     DAILY_PRICE_RULES,
@@ -85,25 +86,17 @@ def completeness_by_session(
     Active counts come from sorted listing and delisting dates (no sessions x symbols cross
     join); stored rows are unique per (symbol, date) after validation, so they are counted as is.
     """
-    listed = universe.select(
-        "symbol",
-        "listing_date",
-        # A delisting before the listing (a bad universe row) means never active.
-        ended=pl.when(pl.col("delisting_date").is_not_null()).then(
-            pl.max_horizontal("listing_date", "delisting_date")
-        ),
-    )
+    # checks.listing's rule: a null listing date is "listed before history", never "unlisted".
+    listed = universe.select("symbol", "listing_date", "delisting_date")
+    bounds = listed.select(start=listed_from(), end=listed_until())
     day = np.array(sessions, dtype="datetime64[D]")
-    starts = np.sort(listed["listing_date"].drop_nulls().to_numpy().astype("datetime64[D]"))
-    ends = np.sort(listed["ended"].drop_nulls().to_numpy().astype("datetime64[D]"))
+    starts = np.sort(bounds["start"].to_numpy().astype("datetime64[D]"))
+    ends = np.sort(bounds["end"].drop_nulls().to_numpy().astype("datetime64[D]"))
     active = np.searchsorted(starts, day, "right") - np.searchsorted(ends, day, "right")
-    is_active = (pl.col("listing_date") <= pl.col("trade_date")) & (
-        pl.col("ended").is_null() | (pl.col("ended") > pl.col("trade_date"))
-    )
     have = (
         stored.select("symbol", "trade_date")
         .join(listed, on="symbol", how="inner")
-        .filter(is_active)
+        .filter(active_on(pl.col("trade_date")))
         .group_by("trade_date")
         .agg(stored=pl.len())
     )

@@ -54,9 +54,25 @@ def capture(
         )
     if spool.has(market, day, slot):
         return {"status": "already captured", "path": str(spool.slot_file(market, day, slot))}
-    active = active_symbols(load_universe(lake, market), day)["symbol"].to_list()
+    universe = load_universe(lake, market)
+    active = active_symbols(universe, day)["symbol"].to_list()
+    # A slot file, even an empty one, marks the slot captured for good: with nothing to store
+    # the run fails instead, so the slot stays open for a retry once the data is fixed.
+    if not active:
+        raise dg.Failure(
+            f"{market} books at {slot.isoformat()}: no symbol of {market}/universe "
+            f"({len(universe)} rows) is active on {day}, so nothing was captured or spooled; "
+            "check its listing_date and delisting_date columns (a delisting before the "
+            f"listing means never active) and rematerialize {market}/universe"
+        )
     source = market_data.source(market)
     books = order_books_at(source, market, day, slot, active, capture_interval())
+    if books.is_empty():
+        raise dg.Failure(
+            f"{market} books at {slot.isoformat()}: {source.name} returned no book for any of "
+            f"the {len(active)} active symbols, so nothing was spooled and the slot can be "
+            "captured again by a retry"
+        )
     path = spool.write(market, day, slot, books)
     captured = books.filter(pl.col("level") == 1)["symbol"].n_unique()
     return {"status": "captured", "symbols": captured, "active": len(active), "path": str(path)}

@@ -30,7 +30,14 @@ from resources.sources.synthetic import SyntheticSource
 from resources.sources.synthetic_options import option_chains
 
 from .greeks import DAYS_PER_YEAR, RISK_FREE_RATE, black_scholes, implied_volatility
-from .markets import MARKETS, is_session, partition_dates, partitions_def, previous_session
+from .markets import (
+    MARKETS,
+    is_session,
+    partition_dates,
+    partitions_def,
+    previous_session,
+    session_bounds,
+)
 from .metadata import preview
 from .prices import provider_pool
 from .retries import provider_retries
@@ -38,6 +45,8 @@ from .schemas import OPTION_CHAIN_VENDOR, OPTION_CHAINS, conform, quarantine_sch
 
 DATASET = "option_chains"
 log = logging.getLogger(__name__)
+NEW_YORK = ZoneInfo(MARKETS["us"].timezone)
+REGULAR_CLOSE = dt.time(16, 0)  # of a date the calendar does not know (not a session, too far)
 
 
 class OptionChainConfig(dg.Config):
@@ -111,18 +120,57 @@ def fill_implied_volatility(
                    "unsolved": len(rows) - solved_count}  # fmt: skip
 
 
+def _close(day: dt.date) -> dt.datetime:
+    try:
+        return session_bounds("us", day)[1]  # early on half days
+    except KeyError:
+        return dt.datetime.combine(day, REGULAR_CLOSE, NEW_YORK).astimezone(dt.UTC)
+
+
+def _quoted(day: dt.date, fetched_at: dt.datetime | None) -> dt.datetime:
+    """The moment a chain of session `day` reflects: when it was fetched, inside the session's
+    hours; its close for an end-of-day chain (fetched_at None) or one fetched after it."""
+    try:
+        opens, closes = session_bounds("us", day)
+    except KeyError:
+        return _close(day)
+    return closes if fetched_at is None else min(max(fetched_at, opens), closes)
+
+
+def days_to_expiry(frame: pl.DataFrame, fetched_at: dt.datetime | None = None) -> pl.Series:
+    """Fractional days from the chain's quote moment (_quoted) to the close of the expiration
+    session: a contract expiring today still has the hours to the close (whole days would give
+    T = 0 and no greeks while it trades), and one quoted at its expiry's close has 0."""
+    unit = pl.Datetime("us", "UTC")
+    quotes = {d: _quoted(d, fetched_at) for d in frame["quote_date"].drop_nulls().unique()}
+    closes = {d: _close(d) for d in frame["expiration"].drop_nulls().unique()}
+    seconds = frame.select(
+        (
+            pl.col("expiration").replace_strict(closes, default=None, return_dtype=unit)
+            - pl.col("quote_date").replace_strict(quotes, default=None, return_dtype=unit)
+        ).dt.total_microseconds()
+        / 1e6
+    ).to_series()
+    return (seconds / 86_400.0).cast(pl.Float64).alias("days_to_expiry")
+
+
 def derive(
-    raw: pl.DataFrame, rate: float = RISK_FREE_RATE, iv_range: tuple[float, float] = IV_RANGE
+    raw: pl.DataFrame,
+    rate: float = RISK_FREE_RATE,
+    iv_range: tuple[float, float] = IV_RANGE,
+    fetched_at: dt.datetime | None = None,
 ) -> tuple[pl.DataFrame, dict[str, int]]:
-    """The contract's columns: vendor columns plus mid, spread, days to expiry, moneyness
-    (strike / underlying), the implied volatility (fill_implied_volatility) and greeks from it
-    (theta per calendar day, vega per vol point); and how many IVs were vendor's / solved."""
+    """The contract's columns: vendor columns plus mid, spread, days to expiry (days_to_expiry:
+    fractional, to the expiry's close; `fetched_at` is when a live chain was fetched, None for
+    end-of-day chains), moneyness (strike / underlying), the implied volatility
+    (fill_implied_volatility) and greeks from it (theta per calendar day, vega per vol point);
+    and how many IVs were vendor's / solved."""
     frame = raw.with_columns(
         mid=(pl.col("bid") + pl.col("ask")) / 2,
         spread=pl.col("ask") - pl.col("bid"),
-        days_to_expiry=(pl.col("expiration") - pl.col("quote_date")).dt.total_days(),
+        days_to_expiry=days_to_expiry(raw, fetched_at),
         moneyness=pl.col("strike") / pl.col("underlying_price"),
-    ).with_columns(pl.col("days_to_expiry").cast(pl.Float64))
+    )
     frame, iv_counts = fill_implied_volatility(frame, rate, iv_range)
     greeks = black_scholes(
         frame["underlying_price"].to_numpy(),
@@ -155,13 +203,14 @@ def store_chains(
     sessions: list[dt.date],
     config: OptionChainConfig,
     stage: Stage = lambda name: nullcontext(),
+    fetched_at: dt.datetime | None = None,
 ) -> Stored:
     """Derive, validate, write stored and quarantined rows of `sessions`, and the checks'
     results: the asset's data work (the bench times it by `stage`)."""
     iv_range = (config.iv_min, config.iv_max)
     rules = option_rules(iv_range)
     with stage("derive"):
-        frame, iv_counts = derive(raw, config.risk_free_rate, iv_range)
+        frame, iv_counts = derive(raw, config.risk_free_rate, iv_range, fetched_at)
     with stage("validate"):
         validated = validate(frame, rules)
         quarantined = validated.quarantined.select(quarantine_schema(OPTION_CHAINS).names())
@@ -203,13 +252,19 @@ def option_chains_asset() -> dg.AssetsDefinition:
         sessions = partition_dates(context.partition_keys)
         underlyings = market_data.underlyings()
         source = market_data.source("us")
+        fetched_at = dt.datetime.now(dt.UTC)
         raw = fetch(source, underlyings, sessions)
         # Which sources of a chain were tried and why they could not serve (never a secret).
         failures = source.last_failures if isinstance(source, FallbackSource) else []
         for failure in failures:
             context.log.warning(f"{failure['source']} could not serve: {failure['reason']}")
         served_by = source.sources[len(failures)].name if failures else source.name
-        done = store_chains(lake, raw, underlyings, sessions, config)
+        chain = source.sources if isinstance(source, FallbackSource) else [source]
+        # Synthetic chains are end-of-day quotes; a live provider's are as of the fetch.
+        live = not isinstance(chain[len(failures)], SyntheticSource)
+        done = store_chains(
+            lake, raw, underlyings, sessions, config, fetched_at=fetched_at if live else None
+        )
         yield dg.MaterializeResult(
             metadata={
                 "rows": len(done.stored),

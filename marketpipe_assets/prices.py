@@ -6,6 +6,7 @@ import os
 import dagster as dg
 import polars as pl
 
+from checks.listing import active_on
 from checks.price_checks import (
     completeness_by_session,
     completeness_result,
@@ -78,13 +79,8 @@ def load_universe(lake: LakeResource, market: str) -> pl.DataFrame:
 
 
 def active_symbols(universe: pl.DataFrame, day: dt.date) -> pl.DataFrame:
-    """Symbols listed on `day` and not yet delisted: the completeness check's rule
-    (checks/price_checks.completeness_by_session counts the same per session)."""
-    # A delisting before the listing (a bad universe row) means never active.
-    ended = pl.max_horizontal("listing_date", "delisting_date")
-    return universe.filter(
-        (pl.col("listing_date") <= day) & (pl.col("delisting_date").is_null() | (ended > day))
-    ).select("symbol")
+    """Symbols active on `day` by checks.listing's rule (the completeness check's too)."""
+    return universe.filter(active_on(day)).select("symbol")
 
 
 def daily_prices_asset(market: str) -> dg.AssetsDefinition:

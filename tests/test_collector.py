@@ -454,3 +454,81 @@ def test_collect_says_why_it_reconnects(tmp_path):
     assert re.search(r"finnhub: reconnecting in [\d.]+ s: connection failed: \w+", text), text
     assert TOKEN not in text
     assert "summary after" in text and "received 0, committed 0, flushed 0" in text
+
+
+class RebatchingFinnhubWs(FakeFinnhubWs):
+    """Each connection gets its own script: after a reconnect the same trades come again,
+    batched into different frames (as a server re-sending its recent history does)."""
+
+    def __init__(self, scripts: list[list[str]], symbols, **options):
+        self.scripts = scripts
+        super().__init__(TOKEN, scripts[0], symbols, **options)
+
+    @property
+    def frames(self) -> list[str]:
+        return self.scripts[min(self.connections, len(self.scripts)) - 1]
+
+    @frames.setter
+    def frames(self, value) -> None:
+        pass
+
+
+def test_a_rebatched_replay_after_a_reconnect_stores_each_trade_once(tmp_path):
+    import asyncio
+
+    from resources.collector.feeds import FinnhubFeed
+    from resources.collector.runner import Collector
+    from resources.providers.http import RetryPolicy
+    from resources.trade_spool import TradeSpool
+
+    rng = random.Random(5)
+    base = 1_700_000_000_000
+    trades = [
+        {"s": rng.choice(["AAPL", "MSFT"]), "p": 100.0 + rng.randint(0, 3), "t": base + i // 3,
+         "v": 1 + rng.randint(0, 1), "c": ["1"]}
+        for i in range(600)
+    ]  # fmt: skip
+    # Two genuinely equal trades in one frame (same ms, price, size, conditions): both are kept.
+    trades[10:10] = [{"s": "AAPL", "p": 99.5, "t": base, "v": 7, "c": ["1"]}] * 2
+    distinct = len(trades)
+
+    def batched(sizes: list[int]) -> list[str]:
+        frames, i = [], 0
+        while i < len(trades):
+            n = sizes[len(frames) % len(sizes)]
+            frames.append(finnhub_frame(trades[i : i + n]))
+            i += n
+        return frames
+
+    first, second = batched([7, 3, 11]), batched([5, 13])
+    spool = TradeSpool(tmp_path / "us.sqlite")
+    with RebatchingFinnhubWs([first, second], ["AAPL", "MSFT"], drop_after=len(first) // 2) as ws:
+        feed = FinnhubFeed(TOKEN, ["AAPL", "MSFT"], ws.url)
+        collector = Collector(feed, spool, retry=RetryPolicy(initial=0.05, maximum=0.1))
+
+        async def run():
+            task = asyncio.ensure_future(collector.run())
+            deadline = time.monotonic() + 20
+            while ws.completed < 1 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            collector.stop()
+            await asyncio.wait_for(task, 10)
+
+        asyncio.run(run())
+        assert ws.connections >= 2 and ws.completed >= 1  # cut mid-stream, then a full replay
+
+    stored = spool.unflushed()
+    assert collector.stats.replayed > 0
+    assert stored.height == distinct  # each trade once, the two equal ones both
+    equal = stored.filter(pl.col("price") == 99.5)
+    assert equal.height == 2 and equal["trade_id"].n_unique() == 2
+
+
+def test_kis_ids_follow_the_cumulative_volume_and_count_equal_records_without_it():
+    day = "20261120"
+    same = kis_record("005930", day, "093001", "71000", "12", "1000")
+    again = parse_kis(kis_frame([same, same]), RECEIVED, dt.date(2026, 11, 20)).rows
+    assert again[0][0] == again[1][0]  # one cumulative volume: one trade, sent twice
+    bare = kis_record("005930", day, "093001", "71000", "12", "")
+    rows = parse_kis(kis_frame([bare, bare]), RECEIVED, dt.date(2026, 11, 20)).rows
+    assert rows[0][0] != rows[1][0]  # nothing tells them apart but their order: both kept

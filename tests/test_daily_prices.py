@@ -13,7 +13,7 @@ from polars.testing import assert_frame_equal
 from checks.rulebook import DAILY_PRICE_RULES, validate
 from marketpipe_assets.automation import RANGE_START_TAG, market_schedule
 from marketpipe_assets.markets import is_session, partitions_def
-from marketpipe_assets.schemas import DAILY_PRICES, INDICATORS
+from marketpipe_assets.schemas import DAILY_PRICES, INDICATORS, UNIVERSE
 from resources.lake import LakeResource
 from resources.market_data import MarketDataResource
 from resources.sources.synthetic import SyntheticSource
@@ -496,3 +496,24 @@ def test_range_backfill_is_one_run_and_equals_day_by_day_runs(tmp_path, instance
     qa = range_lake.read_quarantine("daily_prices", market, DAILY_PRICES)
     qb = daily_lake.read_quarantine("daily_prices", market, DAILY_PRICES)
     assert_frame_equal(by_key(qa), by_key(qb))
+
+
+def test_a_null_listing_date_means_listed_before_the_history():
+    from checks.price_checks import completeness_by_session
+    from marketpipe_assets.prices import active_symbols
+
+    day = dt.date(2024, 1, 2)
+    universe = pl.DataFrame(
+        {
+            "symbol": ["OLD", "NEW", "LATER", "BAD", "GONE"],
+            "name": ["x"] * 5,
+            "listing_date": [None, dt.date(2020, 1, 1), dt.date(2030, 1, 1), dt.date(2020, 1, 5),
+                             None],
+            "delisting_date": [None, None, None, dt.date(2020, 1, 2), dt.date(2023, 1, 1)],
+        },
+        schema=UNIVERSE,
+    )  # fmt: skip
+    assert active_symbols(universe, day)["symbol"].to_list() == ["OLD", "NEW"]
+    stored = pl.DataFrame({"symbol": ["OLD"], "trade_date": [day]})
+    [row] = completeness_by_session(stored, universe, [day]).rows(named=True)
+    assert (row["active"], row["stored"], row["completeness"]) == (2, 1, 0.5)

@@ -239,3 +239,32 @@ def test_materializes_one_session_from_the_synthetic_source(lake, market_data, i
     # Re-running clean removes the stale quarantine file.
     assert _run(lake, market_data, instance, key).success
     assert not lake.fs.exists(lake.partition_file("quarantine/option_chains", "us", day))
+
+
+def test_a_contract_expiring_today_has_greeks_until_the_close():
+    """Days to expiry run to the expiry session's close: on expiry day a chain fetched at 11:00
+    New York has 5 hours left (greeks as py_vollib gives them), one quoted at the close none."""
+    from marketpipe_assets.options import NEW_YORK
+
+    friday = dt.date(2026, 11, 20)
+    raw = option_chains(0, ["SPY"], [friday])
+    at_eleven = dt.datetime(2026, 11, 20, 11, 0, tzinfo=NEW_YORK)
+    live = derive(raw, fetched_at=at_eleven)[0]
+    today = live.filter(pl.col("expiration") == friday)
+    assert len(today) > 0 and ((today["days_to_expiry"] - 5 / 24).abs() < 1e-12).all()
+    assert today["delta"].null_count() == 0
+    for row in today.head(6).iter_rows(named=True):
+        flag = "c" if row["option_type"] == "call" else "p"
+        years = row["days_to_expiry"] / 365
+        args = (flag, row["underlying_price"], row["strike"], years, 0.04,
+                row["implied_volatility"])  # fmt: skip
+        for name in ("delta", "gamma", "theta", "vega"):
+            assert row[name] == pytest.approx(getattr(ref, name)(*args), rel=1e-9, abs=1e-9)
+    # Quoted at the close of its expiry day, the contract has expired: no time, no greeks.
+    closed = derive(raw)[0].filter(pl.col("expiration") == friday)
+    assert (closed["days_to_expiry"] == 0).all() and closed["delta"].null_count() == len(closed)
+    # Later expirations count to their own close: the day after Thanksgiving closes at 13:00.
+    black_friday = derive(option_chains(0, ["SPY"], [SESSION]))[0].filter(
+        pl.col("expiration") == dt.date(2026, 11, 27)
+    )
+    assert ((black_friday["days_to_expiry"] - (9 - 3 / 24)).abs() < 1e-12).all()

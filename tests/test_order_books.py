@@ -382,3 +382,25 @@ def test_kis_live_books_are_captured_through_dagster_once_per_slot(
     # The books are well-formed; their time is when the fake answered, not the slot's session,
     # so only `within_session_hours` can object to them.
     assert set(validated.quarantined["violations"].explode()) <= {"within_session_hours"}
+
+
+def test_null_listing_dates_are_listed_and_a_bad_universe_spools_no_empty_slot(
+    with_universe, market_data
+):
+    day = session("krx")
+    first, second = capture_slots("krx", day, INTERVAL)[:2]
+    universe = with_universe.read_table("universe", "krx")
+    # Listed since before the history: every symbol is captured.
+    with_universe.write_table("universe", "krx", universe.with_columns(listing_date=None))
+    spool = BookSpool()
+    done = capture("krx", first, lake=with_universe, market_data=market_data, spool=spool)
+    still_listed = universe.filter(
+        pl.col("delisting_date").is_null() | (pl.col("delisting_date") > day)
+    ).height
+    assert done["status"] == "captured" and done["active"] == done["symbols"] == still_listed
+    # Every row delisted before its listing: nothing active, the run fails, no slot file.
+    bad = universe.with_columns(delisting_date=pl.col("listing_date") - pl.duration(days=1))
+    with_universe.write_table("universe", "krx", bad)
+    with pytest.raises(dg.Failure, match=r"no symbol of krx/universe \(\d+ rows\) is active"):
+        capture("krx", second, lake=with_universe, market_data=market_data, spool=spool)
+    assert not spool.has("krx", day, second)

@@ -23,7 +23,7 @@ from resources.market_data import MarketDataResource
 from resources.providers import breaker as breaker_module
 from resources.providers import limiter as limiter_module
 from resources.providers import yahoo
-from resources.providers.errors import NotFound
+from resources.providers.errors import NotFound, ProviderDown
 from resources.providers.http import RetryPolicy
 from resources.sources.base import SourceError
 from resources.sources.synthetic import SyntheticSource
@@ -39,6 +39,7 @@ SYMBOLS = ["AAPL", "MSFT", "NVDA"]
 ATTEMPTS = RetryPolicy().attempts  # the first try and three retries
 CHART = "/v8/finance/chart/"
 OPTIONS = "/v7/finance/options/"
+CRUMB = "/v1/test/getcrumb"
 
 
 @pytest.fixture(autouse=True)
@@ -394,7 +395,10 @@ def test_option_chain_parses_every_expiration_within_90_days(fake):
     within = [d for d in expirations(quote_date) if (d - quote_date).days <= 90]
     beyond = [d for d in expirations(quote_date) if (d - quote_date).days > 90]
     assert within and beyond
-    asked = [r.query.get("date") for r in fake.requests]
+    # Yahoo's session first (a cookie, then its crumb), once; then the listing.
+    assert [r.path for r in fake.requests[:2]] == ["/", CRUMB]
+    assert fake.count(CRUMB) == 1
+    asked = [r.query.get("date") for r in fake.requests if r.path.startswith(OPTIONS)]
     assert asked[0] is None  # the listing first
     assert sorted(asked[1:]) == sorted(str(utc_epoch(d)) for d in within)
     assert sorted(chain["expiration"].unique()) == within
@@ -427,6 +431,51 @@ def test_option_chain_pages_are_retried(fake):
     chain = asyncio.run(yahoo.source_from_env().option_chain("MSFT", quote_date))
     order = ["expiration", "option_type", "strike"]
     assert_frame_equal(chain.sort(order), fake.chain_truth("MSFT").sort(order))
+
+
+def test_option_requests_carry_the_cookie_and_its_crumb(fake):
+    fake.options_date = quote_date = dt.date(2026, 3, 4)
+    source = yahoo.source_from_env()
+    asyncio.run(source.option_chain("AAPL", quote_date))
+    asyncio.run(source.option_chain("MSFT", quote_date))  # the same client: no new handshake
+
+    pages = [r for r in fake.requests if r.path.startswith(OPTIONS)]
+    assert len(pages) > 4 and fake.issued == 1 and fake.count(CRUMB) == 1
+    [(crumb, cookie)] = fake.crumbs.items()
+    assert all(r.query["crumb"] == crumb for r in pages)
+    assert all(f"A3={cookie}" in r.headers["cookie"] for r in pages)
+    assert not any(r.path.startswith(CHART) for r in fake.requests)
+
+
+def test_an_expired_crumb_is_renewed_once(fake):
+    fake.options_date = quote_date = dt.date(2026, 3, 4)
+    source = yahoo.source_from_env()
+    first = asyncio.run(source.option_chain("AAPL", quote_date))
+    fake.invalidate_crumbs()
+    again = asyncio.run(source.option_chain("AAPL", quote_date))
+
+    assert_frame_equal(again, first)
+    assert fake.issued == 2  # one renewal, although every page of the chain needed a crumb
+    pages = [r for r in fake.requests if r.path.startswith(OPTIONS)]
+    assert len(pages) == 2 * len(first["expiration"].unique()) + 3  # 2 listings + 1 refused
+
+
+def test_a_crumb_refused_again_is_an_outage_naming_the_endpoint(fake):
+    fake.refuse_crumbs = True
+    with pytest.raises(ProviderDown) as caught:
+        asyncio.run(yahoo.source_from_env().option_chain("AAPL", dt.date(2026, 3, 4)))
+
+    text = str(caught.value)
+    assert "yahoo /v7/finance/options/AAPL [AAPL]: HTTP 401: Unauthorized: Invalid Crumb" in text
+    assert "again with a fresh cookie and crumb" in text and "yahoo,synthetic" in text
+    assert fake.issued == 2 and fake.count(OPTIONS) == 2  # refreshed once, never retried more
+
+
+def test_a_client_without_the_cookie_gets_no_crumb(fake):
+    fake.faults.add(404, b"<html>Not Found</html>", path="/", times=1)  # no Set-Cookie
+    with pytest.raises(ProviderDown, match=r"no crumb: GET / \(no cookie set\)"):
+        asyncio.run(yahoo.source_from_env().option_chain("AAPL", dt.date(2026, 3, 4)))
+    assert fake.count(OPTIONS) == 0
 
 
 # Option chains through Dagster --------------------------------------------------------------
@@ -565,6 +614,22 @@ def test_option_chains_fall_back_when_yahoo_is_down(lake, instance, fake, live):
     assert "yahoo /v7/finance/options/AAPL" in failure["reason"]
     assert "Will be right back" in failure["reason"]
     assert fake.count() == ATTEMPTS  # the first underlying found the outage; no more asked
+
+
+def test_option_chains_fall_back_when_yahoo_refuses_the_crumb(lake, instance, fake, live):
+    fake.refuse_crumbs = True
+    result = run_options(lake, instance, source="yahoo,synthetic")
+
+    assert result.success
+    synthetic = derive(option_chains(0, SYMBOLS, [live]))[0].sort("contract_symbol")
+    assert_frame_equal(stored_chain(lake, live).sort("contract_symbol"), synthetic)
+    meta = metadata(result, "option_chains")
+    assert meta["source"] == "synthetic"
+    [failure] = meta["source_failures"]
+    assert failure["source"] == "yahoo" and failure["error"] == "ProviderDown"
+    assert "yahoo /v7/finance/options/AAPL [AAPL]" in failure["reason"]
+    assert "Invalid Crumb" in failure["reason"]
+    assert fake.issued == 2  # the first underlying found the refusal; no more asked
 
 
 def test_option_chains_without_fallback_fail_clearly_and_keep_nothing_half(

@@ -23,6 +23,7 @@ from .formats import (
     KIS,
     SYNTHETIC,
     Frame,
+    Occurrences,
     finnhub_subscribe,
     kis_subscribe,
     parse_finnhub,
@@ -64,15 +65,17 @@ class FinnhubFeed:
         join = "&" if "?" in ws_url else "?"
         self._url = f"{ws_url}{join}token={quote(token, safe='')}"
         self.redact = Redactor([token])
+        self._seen = Occurrences()
 
     async def open(self) -> Connection:
+        self._seen = Occurrences()  # equal trades are counted per connection (formats.py)
         return await websockets.connect(self._url, **_WS_OPTIONS)
 
     def subscriptions(self) -> list[str]:
         return finnhub_subscribe(self.symbols)
 
     def parse(self, text: str, received: int) -> Frame:
-        return parse_finnhub(text, received)
+        return parse_finnhub(text, received, seen=self._seen)
 
 
 class KisFeed:
@@ -88,6 +91,7 @@ class KisFeed:
         self._app_key, self._app_secret = app_key, app_secret
         self._approval: str | None = None
         self.redact = Redactor([app_key, app_secret])
+        self._seen = Occurrences()
 
     async def _approval_key(self) -> str:
         body = {"grant_type": "client_credentials", "appkey": self._app_key}
@@ -108,6 +112,7 @@ class KisFeed:
 
     async def open(self) -> Connection:
         self._approval = await self._approval_key()
+        self._seen = Occurrences()  # equal trades are counted per connection (formats.py)
         return await websockets.connect(self.ws_url, **_WS_OPTIONS)
 
     def subscriptions(self) -> list[str]:
@@ -115,7 +120,7 @@ class KisFeed:
         return kis_subscribe(self._approval, self.symbols)
 
     def parse(self, text: str, received: int) -> Frame:
-        return parse_kis(text, received, dt.datetime.now(SEOUL).date())
+        return parse_kis(text, received, dt.datetime.now(SEOUL).date(), self._seen)
 
 
 class SyntheticFeed:
@@ -129,8 +134,10 @@ class SyntheticFeed:
     def __init__(self, market: str, symbols: list[str], *, seed: int = 0, rate: float = 1000.0):
         self.market, self.symbols, self.seed, self.rate = market, symbols, seed, rate
         self.redact = Redactor([])
+        self._seen = Occurrences()
 
     async def open(self) -> Connection:
+        self._seen = Occurrences()  # equal trades are counted per connection (formats.py)
         now = dt.datetime.now(dt.UTC)
         today = now.astimezone(dt.UTC).date()
         started = [d for d in all_sessions(self.market) if d <= today]
@@ -141,7 +148,7 @@ class SyntheticFeed:
         return []
 
     def parse(self, text: str, received: int) -> Frame:
-        return parse_finnhub(text, received, SYNTHETIC)
+        return parse_finnhub(text, received, SYNTHETIC, self._seen)
 
 
 class _SyntheticConnection:

@@ -5,10 +5,23 @@ A frame that cannot be read becomes one row with its `problem` and text; a trade
 cannot be read keeps them null (the rules quarantine it as `required_fields`) with the trade's
 text in `raw`. Nothing raises: a bad frame never stops the collector.
 
-Identity (`trade_id`): Finnhub and KIS send no trade id, so it is a hash of what identifies the
-trade within the feed: Finnhub's source, symbol, ts, price, size, conditions and position in its
-frame; KIS's symbol, business date, time, price, size and the day's cumulative volume (which
-grows with every trade). A frame sent again hashes to the same ids, so the spool stores it once.
+Identity (`trade_id`): Finnhub and KIS send no trade id, so it is a hash of the trade's own
+fields plus its occurrence among identical trades, never its place in a frame (a server that
+re-sends trades after a reconnect batches them differently, and position-based ids stored 1,393
+of 4,691 replayed trades twice). Finnhub: source, symbol, ts, price, size, conditions. KIS:
+symbol, business date, time, price, size and the day's cumulative volume, which grows with
+every trade and so already tells two trades of one second apart.
+
+Why occurrence counting survives a replay. Two genuinely equal trades (same millisecond, price,
+size, conditions) are the 1st and 2nd of their kind in the stream. `Occurrences` counts them per
+connection, starting again at every connection: a reconnect that re-sends history re-sends
+those trades in the same order, so they are again the 1st and 2nd and hash to the ids already
+in the spool, which stores nothing new. Across connections the spool thus keeps, per set of
+equal trades, the largest count any one connection delivered: a replay never doubles a trade,
+and equal trades within a connection are all kept. (What it cannot tell apart: an equal trade
+in the very millisecond of a disconnect, sent only to the next connection, while the server
+does not re-send the first one; that needs a provider's trade id.) Counters older than
+COUNT_HORIZON_MS of trade time behind the newest trade are dropped so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -29,6 +42,31 @@ KIS_FIELD_COUNT = 46
 # Positions in a H0STCNT0 record (providers.md 5.4).
 _SYMBOL, _TIME, _PRICE, _VOLUME, _CUMULATIVE, _BUSINESS_DATE = 0, 1, 2, 12, 13, 33
 RAW_LIMIT = 4_000  # characters of a rejected frame kept for the quarantine
+# Equal trades share their timestamp, so a counter is needed only while its millisecond can
+# still arrive: trades more than this behind the newest one seen are no longer counted apart.
+COUNT_HORIZON_MS = 10 * 60 * 1000
+
+
+class Occurrences:
+    """How many times each trade key has been seen on one connection (module doc: why)."""
+
+    def __init__(self):
+        self._windows: dict[int, dict[str, int]] = {}
+        self._newest = -1
+
+    def next(self, key: str, ts: int | None) -> int:
+        """1 for the first trade with this key, 2 for the second, ..."""
+        window = (ts if ts is not None else 0) // COUNT_HORIZON_MS
+        counts = self._windows.get(window)
+        if counts is None:
+            counts = self._windows[window] = {}
+            if window > self._newest:
+                self._newest = window
+                for old in [w for w in self._windows if w < window - 1]:
+                    del self._windows[old]
+        n = counts.get(key, 0) + 1
+        counts[key] = n
+        return n
 
 
 @dataclass
@@ -54,7 +92,10 @@ def finnhub_subscribe(symbols: list[str]) -> list[str]:
     return [json.dumps({"type": "subscribe", "symbol": s}) for s in symbols]
 
 
-def parse_finnhub(text: str, received: int, source: str = FINNHUB) -> Frame:
+def parse_finnhub(
+    text: str, received: int, source: str = FINNHUB, seen: Occurrences | None = None
+) -> Frame:
+    """`seen` counts equal trades across the connection's frames (a new one per frame if None)."""
     try:
         message = json.loads(text)
     except ValueError:
@@ -69,8 +110,9 @@ def parse_finnhub(text: str, received: int, source: str = FINNHUB) -> Frame:
     data = message.get("data")
     if kind != "trade" or not isinstance(data, list):
         return rejected(source, text, received, "not_a_trade_frame")
+    seen = seen if seen is not None else Occurrences()
     rows, blake2b, isfinite = [], hashlib.blake2b, math.isfinite  # the hot loop: ~1M trades/s
-    for position, trade in enumerate(data):
+    for trade in data:
         if not isinstance(trade, dict):
             trade = {"unreadable": trade}
         get = trade.get
@@ -79,7 +121,8 @@ def parse_finnhub(text: str, received: int, source: str = FINNHUB) -> Frame:
         price = float(p) if (type(p) is float or type(p) is int) and isfinite(p) else None
         size = float(v) if (type(v) is float or type(v) is int) and isfinite(v) else None
         ts = t if type(t) is int else (int(t) if type(t) is float and t.is_integer() else None)
-        key = f"{source}\x1f{s!r}\x1f{t!r}\x1f{p!r}\x1f{v!r}\x1f{c!r}\x1f{position}"
+        key = f"{source}\x1f{s!r}\x1f{t!r}\x1f{p!r}\x1f{v!r}\x1f{c!r}\x1f{get('unreadable')!r}"
+        key = f"{key}\x1f{seen.next(key, ts)}"
         tid = blake2b(key.encode(), digest_size=8).hexdigest()
         if symbol is None or price is None or size is None or ts is None:
             rows.append(
@@ -145,8 +188,8 @@ def _text_number(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def parse_kis(text: str, received: int, today: dt.date) -> Frame:
-    """`today` (Seoul) dates a record without a business date (BSOP_DATE)."""
+def parse_kis(text: str, received: int, today: dt.date, seen: Occurrences | None = None) -> Frame:
+    """`today` (Seoul) dates a record without a business date (BSOP_DATE); `seen` as Finnhub's."""
     if text.startswith("{"):
         return _kis_control(text, received)
     parts = text.split("|", 3)
@@ -160,7 +203,7 @@ def parse_kis(text: str, received: int, today: dt.date) -> Frame:
     fields = body.split("^")
     if count < 1 or len(fields) != count * KIS_FIELD_COUNT:
         return rejected(KIS, text, received, "field_count")
-    rows = []
+    rows, seen = [], seen if seen is not None else Occurrences()
     fallback_day = today.strftime("%Y%m%d")
     for k in range(count):
         record = fields[k * KIS_FIELD_COUNT : (k + 1) * KIS_FIELD_COUNT]
@@ -170,6 +213,10 @@ def parse_kis(text: str, received: int, today: dt.date) -> Frame:
         price, size = _text_number(record[_PRICE]), _text_number(record[_VOLUME])
         key = "\x1f".join((KIS, record[_SYMBOL], day, record[_TIME], record[_PRICE],
                            record[_VOLUME], record[_CUMULATIVE]))  # fmt: skip
+        # The cumulative volume is the trade's sequence number: a record equal to another in it
+        # is the same trade sent again. Only without one are equal records counted apart.
+        if not record[_CUMULATIVE].strip():
+            key = f"{key}\x1f{seen.next(key, ts)}"
         readable = symbol is not None and price is not None and size is not None and ts is not None
         raw = None if readable else "^".join(record)
         rows.append((trade_id(key), symbol, ts, price, size, KIS, received, None, raw))

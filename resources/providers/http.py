@@ -291,3 +291,27 @@ class ProviderHttp:
 
     def schema_error(self, endpoint: str, symbol: str | None, detail: str) -> SchemaDrift:
         return SchemaDrift(self.provider, endpoint, symbol, self.redact(detail))
+
+    async def send(
+        self, method: str, endpoint: str, *, symbol: str | None = None, **kwargs
+    ) -> httpx.Response:
+        """One request under the rate limit and circuit, not retried and not parsed: for
+        handshakes whose answers are not JSON (Yahoo's cookie and crumb). A 5xx counts against
+        the circuit; the caller judges the answer. Transport errors come out as ProviderError."""
+        assert self._client is not None, "use ProviderHttp inside `async with`"
+        self.breaker.before_call(where=_where(self.provider, self.redact(endpoint), symbol))
+        try:
+            async with self.limiter.slot():
+                response = await self._client.request(method, endpoint, **kwargs)
+        except httpx.HTTPError as error:
+            self.breaker.record_failure()
+            detail = self.redact(f"{type(error).__name__}: {error}")
+            raise ProviderError(self.provider, self.redact(endpoint), symbol, detail) from None
+        except BaseException:
+            self.breaker.release()
+            raise
+        if response.status_code >= 500:
+            self.breaker.record_failure()
+        else:
+            self.breaker.record_success()
+        return response

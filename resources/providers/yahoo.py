@@ -39,6 +39,16 @@ leaves out (`volume` when a contract did not trade) become nulls, never zeros.
 solves it from the mid where it is absent, 0 or outside the rule's range. Yahoo serves only the
 current chain: the asset stores it under the latest session (today's, or the last one on a weekend
 or holiday) and refuses to backfill with it (marketpipe_assets/options.py).
+
+Cookie and crumb. The options API answers 401 `{"finance":{"error":{"code":"Unauthorized",
+"description":"Invalid Crumb"}}}` unless the request carries a session cookie and the crumb
+issued for it (`crumb=` query parameter). Like yfinance, the client asks the API host's root once
+for the cookie (Yahoo sets it whatever the status), then `GET /v1/test/getcrumb` with that cookie
+for the crumb (plain text), and keeps both for the client's life. A 401 "Invalid Crumb" (or
+"Invalid Cookie") fetches a fresh pair once and repeats the request; refused again, Yahoo is
+turning this client away (consent wall, blocked address), which is `ProviderDown` naming the
+endpoint and underlying, so `yahoo,synthetic` moves on. A handshake that meets an outage is
+retried like any request, then is `ProviderDown` too.
 """
 
 from __future__ import annotations
@@ -58,7 +68,7 @@ from marketpipe_assets.schemas import DAILY_PRICES, OPTION_CHAIN_VENDOR
 from resources.sources.base import ConfigurationError
 
 from .base import OneMarketDailyBars, fetch_all, no_listing, rate_limit
-from .errors import BadRequest, NotFound, ProviderError, RateLimited, Unauthorized
+from .errors import BadRequest, NotFound, ProviderDown, ProviderError, RateLimited, Unauthorized
 from .http import ProviderHttp, RetryPolicy, retry_after_seconds
 from .values import NEW_YORK, US_CLOSE, bar_columns, date_of, epoch
 
@@ -74,6 +84,9 @@ USER_AGENT = "Mozilla/5.0 (compatible; marketpipe/0.1)"
 # Seconds per request; read when a source is built, so tests can shorten it. Retries follow
 # RetryPolicy.from_env() (MARKETPIPE_RETRY_INITIAL_SECONDS, MARKETPIPE_RETRY_MAX_SECONDS).
 TIMEOUT = 10.0
+COOKIE_ENDPOINT = "/"  # any answer of the API host sets Yahoo's session cookie
+CRUMB_ENDPOINT = "/v1/test/getcrumb"
+CRUMB_REFUSALS = ("Invalid Crumb", "Invalid Cookie")  # 401 descriptions a fresh crumb can cure
 
 CORPORATE_ACTIONS = pl.Schema(
     {
@@ -89,6 +102,29 @@ CORPORATE_ACTIONS = pl.Schema(
 OPTION_CHAIN = OPTION_CHAIN_VENDOR
 
 log = logging.getLogger(__name__)
+
+
+class InvalidCrumb(Unauthorized):
+    """Yahoo refused the session's cookie or crumb: fetch both again once, then give up."""
+
+
+class _NoCrumb(Exception):
+    def __init__(self, detail: str, *, retryable: bool):
+        super().__init__(detail)
+        self.retryable = retryable
+
+
+def _cookie_header(response) -> str:
+    """`name=value` of every cookie the answer sets, as a Cookie header. Read from the raw
+    headers: Yahoo scopes its cookies to .yahoo.com, which a cookie jar would refuse for any
+    other host (a local test server)."""
+    pairs = (line.split(";", 1)[0].strip() for line in response.headers.get_list("set-cookie"))
+    return "; ".join(pair for pair in pairs if "=" in pair)
+
+
+def _looks_like_crumb(text: str) -> bool:
+    # An HTML page, a JSON error or "Too Many Requests" is no crumb; crumbs are one short word.
+    return 0 < len(text) <= 64 and not any(c in text for c in ' <>{}\n"')
 
 
 def now() -> float:
@@ -129,6 +165,9 @@ class YahooSource(OneMarketDailyBars):
         self.timeout = timeout or TIMEOUT
         self.concurrency = max(1, min(rate[0], 64))
         self._clock = clock or (lambda: now())
+        # The session cookie and its crumb, fetched once for this client (see the module doc).
+        self._session: tuple[str, str] | None = None
+        self._session_lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
 
     def __repr__(self) -> str:
         return f"YahooSource(base_url={self.base_url!r}, rate={self.rate})"
@@ -145,7 +184,9 @@ class YahooSource(OneMarketDailyBars):
             max_connections=self.concurrency,
         )
 
-    async def _get(self, http: ProviderHttp, endpoint: str, symbol: str, params: dict) -> Any:
+    async def _get(
+        self, http: ProviderHttp, endpoint: str, symbol: str, params: dict, cookie: str | None
+    ) -> Any:
         def classify(payload: Any, response) -> None:
             status, text = response.status_code, response.text
             if OUTAGE_MARKER in text:
@@ -171,7 +212,10 @@ class YahooSource(OneMarketDailyBars):
             if status == 404 or code == "Not Found":
                 raise NotFound(PROVIDER, endpoint, symbol, detail)
             if status in (401, 403) or code == "Unauthorized":
-                raise Unauthorized(PROVIDER, endpoint, symbol, detail)
+                refused = str(description or "").startswith(CRUMB_REFUSALS)
+                raise (InvalidCrumb if refused else Unauthorized)(
+                    PROVIDER, endpoint, symbol, detail
+                )
             if status >= 500:
                 raise ProviderError(PROVIDER, endpoint, symbol, detail)
             raise BadRequest(PROVIDER, endpoint, symbol, detail)
@@ -182,7 +226,8 @@ class YahooSource(OneMarketDailyBars):
             symbol=symbol,
             classify=classify,
             params=params,
-            headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+            headers={"User-Agent": USER_AGENT, "Accept": "application/json"}
+            | ({"Cookie": cookie} if cookie else {}),
         )
         return payload
 
@@ -209,10 +254,11 @@ class YahooSource(OneMarketDailyBars):
         params: dict,
         envelope: str,
         empty: str,
+        cookie: str | None = None,
     ) -> dict:
         """The first result of a `{envelope: {"result": [...]}}` answer: SchemaDrift when there
         is no result list, NotFound (saying `empty`) when it is empty."""
-        payload = await self._get(http, endpoint, symbol, params)
+        payload = await self._get(http, endpoint, symbol, params, cookie)
         inner = payload.get(envelope) if isinstance(payload, dict) else None
         results = inner.get("result") if isinstance(inner, dict) else None
         if not isinstance(results, list):
@@ -388,7 +434,92 @@ class YahooSource(OneMarketDailyBars):
         endpoint = f"/v7/finance/options/{url_quote(symbol, safe='')}"
         params = {} if expiry is None else {"date": expiry}
         empty = "no option chain for this symbol"
-        return await self._result(http, endpoint, symbol, params, "optionChain", empty)
+        session = await self._cookie_and_crumb(http, endpoint, symbol)
+        try:
+            return await self._options_result(http, endpoint, symbol, params, empty, session)
+        except InvalidCrumb:
+            # Crumbs expire with their cookie: one fresh pair, then Yahoo means it.
+            session = await self._cookie_and_crumb(http, endpoint, symbol, stale=session)
+        try:
+            return await self._options_result(http, endpoint, symbol, params, empty, session)
+        except InvalidCrumb as refused:
+            raise ProviderDown(
+                f"{refused}, again with a fresh cookie and crumb from {CRUMB_ENDPOINT}: Yahoo "
+                "is refusing this client (a consent wall or a blocked address); a chain such "
+                "as MARKETPIPE_US_SOURCE=yahoo,synthetic moves on to its next source"
+            ) from refused
+
+    async def _options_result(self, http, endpoint, symbol, params, empty, session) -> dict:
+        cookie, crumb = session
+        params = params | {"crumb": crumb}
+        return await self._result(http, endpoint, symbol, params, "optionChain", empty, cookie)
+
+    # Cookie and crumb ---------------------------------------------------------------------
+    def _lock(self) -> asyncio.Lock:
+        """One lock per event loop (a source may serve several asyncio.run calls), so pages
+        fetched at once wait for one handshake instead of each making their own."""
+        loop = asyncio.get_running_loop()
+        if self._session_lock is None or self._session_lock[0] is not loop:
+            self._session_lock = (loop, asyncio.Lock())
+        return self._session_lock[1]
+
+    async def _cookie_and_crumb(
+        self,
+        http: ProviderHttp,
+        endpoint: str,
+        symbol: str,
+        stale: tuple[str, str] | None = None,
+    ) -> tuple[str, str]:
+        """The client's (cookie, crumb); fetched again only when `stale`, the pair a request
+        was refused with, is still the one kept (a concurrent page may have renewed it)."""
+        async with self._lock():
+            if self._session is None or self._session == stale:
+                self._session = None
+                self._session = await self._handshake(http, endpoint, symbol)
+            return self._session
+
+    async def _handshake(self, http: ProviderHttp, endpoint: str, symbol: str) -> tuple[str, str]:
+        """A cookie, then its crumb; outages retried on the HTTP layer's schedule."""
+        policy, detail = http.retry, ""
+        for attempt in range(1, policy.attempts + 1):
+            try:
+                return await self._handshake_once(http, symbol)
+            except ProviderError as error:  # the connection failed
+                detail = error.detail
+            except _NoCrumb as refused:
+                detail = str(refused)
+                if not refused.retryable:
+                    raise ProviderDown(
+                        f"{PROVIDER} {endpoint} [{symbol}]: no crumb: {detail}; Yahoo is "
+                        "refusing this client (a consent wall or a blocked address)"
+                    ) from None
+            if attempt < policy.attempts:
+                await asyncio.sleep(min(policy.maximum, policy.initial * 2 ** (attempt - 1)))
+        raise ProviderDown(
+            f"{PROVIDER} {endpoint} [{symbol}]: no crumb: {detail} "
+            f"(gave up after {policy.attempts} attempts)"
+        )
+
+    async def _handshake_once(self, http: ProviderHttp, symbol: str) -> tuple[str, str]:
+        headers = {"User-Agent": USER_AGENT}
+
+        def failed(step: str, response) -> _NoCrumb:
+            status, text = response.status_code, response.text
+            busy = status == 429 or status >= 500 or text.lstrip().startswith("Too Many")
+            body = http.redact(" ".join(text.split())[:300])
+            return _NoCrumb(f"GET {step} answered HTTP {status}: {body!r}", retryable=busy)
+
+        first = await http.send("GET", COOKIE_ENDPOINT, symbol=symbol, headers=headers)
+        cookie = _cookie_header(first)
+        if not cookie:
+            raise failed(f"{COOKIE_ENDPOINT} (no cookie set)", first)
+        answer = await http.send(
+            "GET", CRUMB_ENDPOINT, symbol=symbol, headers=headers | {"Cookie": cookie}
+        )
+        crumb = answer.text.strip()
+        if answer.status_code != 200 or not _looks_like_crumb(crumb):
+            raise failed(CRUMB_ENDPOINT, answer)
+        return cookie, crumb
 
 
 def source_from_env() -> YahooSource:

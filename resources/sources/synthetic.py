@@ -17,6 +17,7 @@ import numpy as np
 import polars as pl
 from scipy.signal import lfilter
 
+from checks.listing import BEFORE_HISTORY
 from marketpipe_assets import markets
 from marketpipe_assets.schemas import (
     DAILY_PRICES,
@@ -194,7 +195,9 @@ class SyntheticSource:
     def _present(self, universe, sym_idx, wanted, epoch_sessions, market) -> np.ndarray:
         """Mask of (symbol, session) cells with a bar: listed, not delisted, not missing."""
         ordinal = np.array(epoch_sessions, dtype="datetime64[D]")[wanted]
-        listing = universe["listing_date"].to_numpy().astype("datetime64[D]")
+        # checks.listing's rule: a null listing date is listed since before the history.
+        listing = universe["listing_date"].fill_null(BEFORE_HISTORY)
+        listing = listing.to_numpy().astype("datetime64[D]")
         delisting = universe["delisting_date"].fill_null(dt.date(9999, 12, 31))
         delisting = delisting.to_numpy().astype("datetime64[D]")
         active = (listing[:, None] <= ordinal[None, :]) & (delisting[:, None] > ordinal[None, :])

@@ -11,7 +11,16 @@ Endpoints, in Yahoo's shapes:
   "underlyingSymbol","expirationDates","strikes","quote","options":[{"expirationDate","calls",
   "puts"}]}],"error":null}}`; without `date` the nearest expiration's contracts. Expirations are
   every Friday for 18 weeks from `options_date` plus one LEAPS a year out, as epochs of 00:00 UTC.
-  Unknown symbol: `{"optionChain":{"result":[],"error":null}}`.
+  Unknown symbol: `{"optionChain":{"result":[],"error":null}}`. Needs Yahoo's session: a cookie
+  and the crumb issued for it as `crumb=`; otherwise HTTP 401 `{"finance":{"result":null,"error":
+  {"code":"Unauthorized","description":"Invalid Crumb"}}}`.
+- `GET /` (any answer of the host) sets the session cookie `A3` (HTTP 404, as the API host's root
+  answers); `GET /v1/test/getcrumb` with that cookie -> the crumb as plain text, without it HTTP
+  401 "Invalid Cookie".
+
+Session modes: `invalidate_crumbs()` forgets every crumb issued so far (they expire, so the
+next options request is refused until a new one is fetched); `refuse_crumbs = True` refuses every
+options request whatever it carries (Yahoo turning a client away). `issued` counts crumbs served.
 
 The market's "now" is `market_time` (epoch seconds, None = long after every session). When it
 falls inside a session, that session's bar is the live one: stamped at `market_time` (which is
@@ -33,6 +42,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import math
+import secrets
 from zoneinfo import ZoneInfo
 
 import polars as pl
@@ -57,6 +67,18 @@ OUTAGE_PAGE = (
     b"<p>Our engineers are working quickly to resolve the issue.</p></div></body></html>"
 )
 HORIZON_WEEKS = 18
+COOKIE_NAME = "A3"
+CRUMB_PATH = "/v1/test/getcrumb"
+
+
+def _unauthorized(description: str) -> dict:
+    return {"finance": {"result": None, "error": {"code": "Unauthorized",
+                                                  "description": description}}}  # fmt: skip
+
+
+def _cookies(request: Request) -> dict[str, str]:
+    pairs = (p.strip().split("=", 1) for p in request.headers.get("cookie", "").split(";"))
+    return {p[0]: p[1] for p in pairs if len(p) == 2}
 
 
 def open_epoch(day: dt.date) -> int:
@@ -95,6 +117,9 @@ class FakeYahoo(FakeProvider):
         self.down = False
         self.options_date = options_date or dt.datetime.now(NEW_YORK).date()
         self._delays: list[float] = []
+        self.crumbs: dict[str, str] = {}  # valid crumb -> the cookie it was issued for
+        self.issued = 0
+        self.refuse_crumbs = False
 
     # The truth ----------------------------------------------------------------------------
     def bar(self, symbol: str, day: dt.date) -> dict[str, float | int]:
@@ -197,6 +222,10 @@ class FakeYahoo(FakeProvider):
         body = {"finance": {"result": None, "error": {"code": "internal-error"}}}
         self.faults.add(status, body, path=path, times=times)
 
+    def invalidate_crumbs(self):
+        with self._lock:
+            self.crumbs.clear()
+
     def slow(self, seconds: float, *, times: int = 1):
         """The next `times` answers are the correct ones, `seconds` late."""
         with self._lock:
@@ -222,8 +251,29 @@ class FakeYahoo(FakeProvider):
         if parts[:3] == ["v8", "finance", "chart"] and len(parts) == 4:
             return self._chart(parts[3], request.query)
         if parts[:3] == ["v7", "finance", "options"] and len(parts) == 4:
+            cookie = _cookies(request).get(COOKIE_NAME)
+            with self._lock:
+                valid = cookie is not None and self.crumbs.get(request.query.get("crumb")) == cookie
+            if self.refuse_crumbs or not valid:
+                return Reply(401, _unauthorized("Invalid Crumb"))
             return self._options(parts[3], request.query)
+        if request.path == CRUMB_PATH:
+            return self._crumb(request)
+        if request.path == "/":
+            value = "d=" + secrets.token_urlsafe(24)
+            cookie = f"{COOKIE_NAME}={value}; Path=/; Domain=.yahoo.com; Secure; HttpOnly"
+            return Reply(404, b"<html><body>Not Found</body></html>", {"Set-Cookie": cookie})
         return Reply(404, {"finance": {"result": None, "error": {"code": "Not Found"}}})
+
+    def _crumb(self, request: Request) -> Reply:
+        cookie = _cookies(request).get(COOKIE_NAME)
+        if not cookie:
+            return Reply(401, _unauthorized("Invalid Cookie"))
+        crumb = secrets.token_urlsafe(8)
+        with self._lock:
+            self.crumbs[crumb] = cookie
+            self.issued += 1
+        return Reply(200, crumb.encode())  # plain text, as Yahoo sends it
 
     def _chart(self, symbol: str, query: dict[str, str]) -> Reply:
         try:
