@@ -39,8 +39,10 @@ from .errors import (
 from .limiter import SlidingWindowLimiter, shared_limiter
 from .masking import Redactor as Redactor
 
-# httpx logs every request URL at INFO; some providers put the API key in the query string.
+# httpx logs every request URL at INFO, httpcore every header at DEBUG; some providers put the
+# API key in the query string, and a redirect's Location may echo it.
 logging.getLogger("httpx").setLevel(logging.WARNING)
+logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 # Retry-After longer than this is not waited out inside one run: the provider counts as down.
 MAX_RETRY_AFTER = 120.0
