@@ -337,31 +337,34 @@ class ProviderHttp:
     def _interpret(self, response, endpoint, symbol, classify) -> Any:
         where = (self.provider, self.redact(endpoint), symbol)
         status = response.status_code
-        body = self.redact.excerpt(response.text, BODY_EXCERPT)
+
+        def body() -> str:  # only on the error paths: masking costs more than a success needs
+            return self.redact.excerpt(response.text, BODY_EXCERPT)
+
         try:
             payload = response.json() if response.content else None
         except ValueError:  # JSONDecodeError, or bytes that are not text
             if status < 400:
                 raise ProviderError(
-                    *where, f"malformed or truncated JSON (HTTP {status}): {body!r}"
+                    *where, f"malformed or truncated JSON (HTTP {status}): {body()!r}"
                 ) from None
             payload = None
         if status == 429:
             raise RateLimited(
-                *where, f"HTTP 429: {body}", retry_after=retry_after_seconds(response)
+                *where, f"HTTP 429: {body()}", retry_after=retry_after_seconds(response)
             )
         if classify is not None:
             # Provider codes come in any status (KIS's EGW00201 in a 500 or a 200, Twelve
             # Data's errors in a 200): the client's classifier reads them first.
             classify(payload, response)
         if status in (401, 403):
-            raise Unauthorized(*where, f"HTTP {status}: {body}")
+            raise Unauthorized(*where, f"HTTP {status}: {body()}")
         if status == 404:
-            raise NotFound(*where, f"HTTP 404: {body}")
+            raise NotFound(*where, f"HTTP 404: {body()}")
         if status >= 500:
-            raise ProviderError(*where, f"HTTP {status}: {body}")
+            raise ProviderError(*where, f"HTTP {status}: {body()}")
         if status >= 400:
-            raise BadRequest(*where, f"HTTP {status}: {body}")
+            raise BadRequest(*where, f"HTTP {status}: {body()}")
         if 300 <= status < 400:
             location = self.redact.excerpt(response.headers.get("location", "?"), BODY_EXCERPT)
             raise BadRequest(
