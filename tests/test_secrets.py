@@ -34,6 +34,7 @@ from tests.fakes.kis import DAILY, FakeKis
 from tests.fakes.krx import FakeKrx
 from tests.fakes.twelvedata import FakeTwelveData
 from tests.fakes.webhook import FakeWebhook
+from tests.fakes.ws_finnhub import FakeFinnhubWs
 from tests.test_alerts import Sensor
 
 
@@ -181,13 +182,38 @@ def test_kis_websocket_approval_error_echoing_the_secret_is_masked(servers):
     assert_clean(exception_text(caught.value), KEYS["kis_key"], KEYS["kis_secret"])
 
 
-def test_the_websocket_feeds_redactor_masks_close_reasons_and_error_frames():
+def test_a_websocket_error_frame_and_close_reason_echoing_the_token_are_masked():
+    import asyncio
+
+    import websockets
+
     from resources.collector.feeds import FinnhubFeed
 
-    feed = FinnhubFeed(KEYS["finnhub"], [US_SYMBOL], "ws://127.0.0.1:1")
-    note = feed.parse(json.dumps({"type": "error", "msg": f"Invalid token {KEYS['finnhub']}"}), 0)
-    close = f"received 1008 (policy violation) token={KEYS['finnhub'][:25]}"  # a cut reason
-    assert_clean(feed.redact(note.note or "") + feed.redact(close), KEYS["finnhub"])
+    token = KEYS["finnhub"]
+    error = json.dumps({"type": "error", "msg": f"Invalid token {token}"})
+    reason = f"policy: token={token}"[:60]  # close reasons are short: the token gets cut
+    with FakeFinnhubWs(token, [error], [US_SYMBOL], close_with=(1008, reason)) as server:
+        feed = FinnhubFeed(token, [US_SYMBOL], server.url)
+
+        async def listen() -> list[str]:
+            logged = []  # what the collector's runner logs: notes, then the connection error
+            connection = await feed.open()
+            for message in feed.subscriptions():
+                await connection.send(message)
+            try:
+                async for text in connection:
+                    note = feed.parse(text, 0).note
+                    if note:
+                        logged.append(feed.redact(note))
+                await connection.recv()
+            except websockets.WebSocketException as exc:
+                logged.append(feed.redact(f"{type(exc).__name__}: {exc}"))
+            return logged
+
+        logged = asyncio.run(listen())
+    assert any("error frame" in line for line in logged)
+    assert any("1008" in line for line in logged), logged
+    assert_clean("\n".join(logged), token)
 
 
 def write_universe(path: Path, symbols: list[str]) -> str:
