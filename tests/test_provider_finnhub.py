@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import math
 from pathlib import Path
 
 import dagster as dg
@@ -317,6 +318,31 @@ def test_nulls_in_the_arrays_end_in_quarantine(tmp_path, lake, instance, fake, c
     )
     assert_frame_equal(clean, truth.join(quarantined, on=["symbol", "trade_date"], how="anti"))
     assert metadata(result)["quarantined"] == 2
+
+
+def test_infinity_and_nan_in_the_json_reach_validation_and_no_row_is_lost(
+    tmp_path, lake, instance, fake
+):
+    sessions = recent_sessions("us", 2)
+    day = dt.date.fromisoformat(sessions[-1])
+    fake.overrides[("AAPL", day)] = {"h": math.inf}  # sent as `Infinity`
+    fake.overrides[("MSFT", day)] = {"c": math.nan}  # sent as `NaN`
+    # Enough symbols that two rejected bars keep completeness above its 95% threshold.
+    symbols = ["AAPL", "MSFT", *(f"S{i:02d}" for i in range(40))]
+    result = run_daily(tmp_path, lake, instance, sessions, symbols=symbols)
+    assert result.success  # no crash on the literals
+
+    clean = stored(lake, sessions)
+    quarantined = lake.read_quarantine("daily_prices", "us", DAILY_PRICES)
+    both = pl.concat([clean, quarantined.select(list(DAILY_PRICES))])
+    assert len(both) == len(symbols) * len(sessions)  # stored + quarantined = what was sent
+    # The infinite high arrives as infinity (stored today; the non-finite rule quarantines it),
+    # never turned into null or a number.
+    aapl = both.filter((pl.col("symbol") == "AAPL") & (pl.col("trade_date") == day))
+    assert aapl["high"].to_list() == [math.inf]
+    msft = both.filter((pl.col("symbol") == "MSFT") & (pl.col("trade_date") == day))
+    assert msft["close"].is_null().all() or msft["close"].is_nan().all()
+    assert "MSFT" in quarantined["symbol"].to_list()
 
 
 # Rate limit, universe, configuration, quotes ---------------------------------------------------

@@ -101,7 +101,7 @@ class KisFeed:
         if response.status_code != 200:
             raise ConnectionError(
                 f"kis {APPROVAL_PATH}: HTTP {response.status_code}: "
-                f"{self.redact(response.text[:300])}; check KIS_APP_KEY, KIS_APP_SECRET "
+                f"{self.redact.excerpt(response.text, 300)}; check KIS_APP_KEY, KIS_APP_SECRET "
                 "and KIS_BASE_URL"
             )
         key = response.json().get("approval_key")

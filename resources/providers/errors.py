@@ -18,6 +18,16 @@ class ProviderError(SourceError):
         self.provider, self.endpoint, self.symbol, self.detail = provider, endpoint, symbol, detail
         super().__init__(f"{_where(provider, endpoint, symbol)}: {detail}")
 
+    def scrub(self, redact, limit: int) -> None:
+        """Mask secrets in the message (then cut it to about `limit` characters), in place."""
+        self.endpoint, self.detail = redact(self.endpoint), redact.excerpt(self.detail, limit)
+        self.args = (f"{_where(self.provider, self.endpoint, self.symbol)}: {self.detail}",)
+
+
+class DeadlineExceeded(ProviderError):
+    """No complete answer within the request deadline (a stalled or trickling server): an
+    outage, retried, then the provider counts as down."""
+
 
 class RateLimited(ProviderError):
     """429 or a rate-limit code in the body; `retry_after` seconds when the provider said."""

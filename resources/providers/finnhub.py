@@ -129,7 +129,7 @@ class FinnhubSource(OneMarketDailyBars):
                     if status == 401
                     else "the key's plan may not include this endpoint"
                 )
-                detail = f"HTTP {status}: {message or response.text[:200]}; {hint}"
+                detail = f"HTTP {status}: {message or http.excerpt(response.text)}; {hint}"
                 raise Unauthorized(PROVIDER, endpoint, symbol, http.redact(detail))
             if status < 400 and message:
                 # Errors are documented as non-2xx; one in a 200 is not retried either.
@@ -203,7 +203,7 @@ class FinnhubSource(OneMarketDailyBars):
         payload = await self._get(http, CANDLE, symbol, params)
         if not isinstance(payload, dict) or "s" not in payload:
             raise http.schema_error(
-                CANDLE, symbol, f"expected an object with 's', got {str(payload)[:200]!r}"
+                CANDLE, symbol, f"expected an object with 's', got {http.excerpt(payload)!r}"
             )
         if payload["s"] == "no_data":
             raise NotFound(PROVIDER, CANDLE, symbol, f"no_data between {first} and {last}")

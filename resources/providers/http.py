@@ -9,14 +9,14 @@ which moves a fallback chain to its next source.
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 import os
 import random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, quote_plus
 
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
@@ -27,6 +27,7 @@ from .base import credential_id
 from .breaker import CircuitBreaker, shared_breaker
 from .errors import (
     BadRequest,
+    DeadlineExceeded,
     NotFound,
     ProviderDown,
     ProviderError,
@@ -36,12 +37,24 @@ from .errors import (
     _where,
 )
 from .limiter import SlidingWindowLimiter, shared_limiter
+from .masking import Redactor as Redactor
 
-# httpx logs every request URL at INFO; some providers put the API key in the query string.
+# httpx logs every request URL at INFO, httpcore every header at DEBUG; some providers put the
+# API key in the query string, and a redirect's Location may echo it.
 logging.getLogger("httpx").setLevel(logging.WARNING)
+logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 # Retry-After longer than this is not waited out inside one run: the provider counts as down.
 MAX_RETRY_AFTER = 120.0
+# Each HTTP request (connect, first byte and the whole body) must be over within this many
+# seconds; httpx's own timeouts limit each read only, so a server trickling bytes never ends.
+DEADLINE_VARIABLE = "MARKETPIPE_HTTP_DEADLINE_SECONDS"
+DEFAULT_DEADLINE = 60.0
+BODY_EXCERPT = 300  # characters of a body quoted in an error, after masking
+DETAIL_LIMIT = 1000  # characters of any error detail, after masking
+# Request headers and query parameters whose values are credentials, whatever the provider.
+SECRET_HEADERS = frozenset({"authorization", "appkey", "appsecret", "x-finnhub-token", "auth_key"})
+SECRET_PARAMS = frozenset({"apikey", "token", "crumb", "appkey", "appsecret"})
 
 
 @dataclass(frozen=True)
@@ -79,22 +92,26 @@ def seconds_from_env(variable: str, default: float) -> float:
 Classifier = Callable[[Any, httpx.Response], None]
 
 
-class Redactor:
-    """Masks each secret as sent (raw), as it appears in a URL (percent-encoded) and in JSON."""
+def deadline_from_env() -> float:
+    """MARKETPIPE_HTTP_DEADLINE_SECONDS (> 0), DEFAULT_DEADLINE when unset."""
+    deadline = seconds_from_env(DEADLINE_VARIABLE, DEFAULT_DEADLINE)
+    if deadline <= 0:
+        raise ConfigurationError(
+            f"{DEADLINE_VARIABLE}={deadline:g}: use a number of seconds > 0, "
+            f"e.g. {DEFAULT_DEADLINE:g}, or unset it"
+        )
+    return deadline
 
-    def __init__(self, secrets: Sequence[str | None]):
-        forms = set()
-        for secret in filter(None, secrets):
-            in_json = json.dumps(secret)[1:-1]
-            forms |= {secret, quote(secret, safe=""), quote_plus(secret), in_json}
-            forms.add(in_json.replace("/", "\\/"))  # some servers escape "/" in JSON strings
-        # Longest first, so a form containing another is masked whole.
-        self.secrets = sorted(forms, key=len, reverse=True)
 
-    def __call__(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, "***")
-        return text
+def _in_our_words(error: httpx.HTTPError, detail: str) -> str:
+    """What an httpx failure means for the user, then httpx's own words (masked)."""
+    if isinstance(error, httpx.RemoteProtocolError):
+        return f"the connection closed before the whole answer arrived (truncated): {detail}"
+    if isinstance(error, httpx.ConnectError):
+        return f"cannot connect: {detail}"
+    if isinstance(error, httpx.TimeoutException):
+        return f"timed out: {detail}"
+    return detail
 
 
 def _attempts(n: int) -> str:
@@ -124,8 +141,10 @@ class ProviderHttp:
         retry: RetryPolicy | None = None,
         timeout: float = 10.0,
         max_connections: int = 64,
+        deadline: float | None = None,
     ):
         self.provider, self.base_url = provider, base_url.rstrip("/")
+        self.deadline = deadline if deadline is not None else deadline_from_env()
         self.limiter, self.breaker = limiter, breaker
         self.retry = retry if retry is not None else RetryPolicy.from_env()
         self.redact = Redactor(secrets)
@@ -145,6 +164,7 @@ class ProviderHttp:
         retry: RetryPolicy | None = None,
         timeout: float = 10.0,
         max_connections: int = 64,
+        deadline: float | None = None,
     ) -> ProviderHttp:
         """A session on the process's one limiter for this provider and credential and its one
         breaker, so every session with the same key shares the key's budget and circuit.
@@ -161,12 +181,15 @@ class ProviderHttp:
             retry=retry,
             timeout=timeout,
             max_connections=max_connections,
+            deadline=deadline,
         )
 
     async def __aenter__(self) -> ProviderHttp:
         self._client = httpx.AsyncClient(
             base_url=self.base_url,
-            timeout=httpx.Timeout(self._timeout, connect=min(5.0, self._timeout)),
+            timeout=httpx.Timeout(
+                min(self._timeout, self.deadline), connect=min(5.0, self._timeout, self.deadline)
+            ),
             limits=httpx.Limits(
                 max_connections=self._max_connections,
                 max_keepalive_connections=self._max_connections,
@@ -233,13 +256,17 @@ class ProviderHttp:
 
     async def _once(self, method, endpoint, symbol, classify, kwargs):
         assert self._client is not None, "use ProviderHttp inside `async with`"
-        self.breaker.before_call(where=_where(self.provider, self.redact(endpoint), symbol))
+        where = (self.provider, self.redact(endpoint), symbol)
+        self.breaker.before_call(where=_where(*where))
+        self._learn_credentials(kwargs)
         try:
             # The slot is held until the reply is in (limiter.py says why).
             async with self.limiter.slot():
-                response = await self._client.request(method, endpoint, **kwargs)
+                response = await self._within_deadline(method, endpoint, symbol, kwargs)
             payload = self._interpret(response, endpoint, symbol, classify)
         except ProviderError as error:
+            # Whoever raised it (a classifier too), what leaves the layer is masked and short.
+            error.scrub(self.redact, DETAIL_LIMIT)
             # Outages count against the circuit. Rate limits and client errors do not: the
             # provider answered, which is all the circuit asks (and it ends a half-open probe).
             if error.retryable and not isinstance(error, RateLimited):
@@ -249,10 +276,8 @@ class ProviderHttp:
             raise
         except httpx.HTTPError as error:
             self.breaker.record_failure()
-            kind = type(error).__name__
-            raise ProviderError(
-                self.provider, self.redact(endpoint), symbol, self.redact(f"{kind}: {error}")
-            ) from None
+            detail = self.redact.excerpt(f"{type(error).__name__}: {error}", DETAIL_LIMIT)
+            raise ProviderError(*where, _in_our_words(error, detail)) from None
         except BaseException:
             # Cancelled, or a classifier bug: no verdict, but a half-open probe must not stay
             # claimed forever.
@@ -261,33 +286,97 @@ class ProviderHttp:
         self.breaker.record_success()
         return payload, response
 
+    def _learn_credentials(self, kwargs: dict) -> None:
+        """Credentials a request carries are secrets even if the client did not list them."""
+        headers = {str(k).lower(): str(v) for k, v in (kwargs.get("headers") or {}).items()}
+        params = {str(k).lower(): str(v) for k, v in (kwargs.get("params") or {}).items()}
+        for name, value in [*headers.items(), *params.items()]:
+            if name in SECRET_HEADERS or name in SECRET_PARAMS:
+                self.redact.add(value)
+                if " " in value:  # "Bearer <token>", "Basic <base64>"
+                    self.redact.add(value.split(" ", 1)[1])
+
+    async def _within_deadline(self, method, endpoint, symbol, kwargs) -> httpx.Response:
+        """Send and read the whole body within `deadline` seconds, or DeadlineExceeded."""
+        assert self._client is not None
+        started, received, headers_in = time.monotonic(), 0, False
+        try:
+            async with asyncio.timeout(self.deadline):
+                request = self._client.build_request(method, endpoint, **kwargs)
+                response = await self._client.send(request, stream=True)
+                headers_in = True
+                try:
+                    chunks = []
+                    async for chunk in response.aiter_raw():
+                        chunks.append(chunk)
+                        received += len(chunk)
+                finally:
+                    await response.aclose()
+        except TimeoutError:
+            stage = (
+                f"the body was still arriving ({received} bytes so far)"
+                if headers_in
+                else "no answer had begun"
+            )
+            raise DeadlineExceeded(
+                self.provider,
+                self.redact(endpoint),
+                symbol,
+                f"no complete answer within the {self.deadline:g} s deadline "
+                f"({DEADLINE_VARIABLE}); {stage} after {time.monotonic() - started:.1f} s: "
+                "the provider is stalled or very slow",
+            ) from None
+        # The body as received, undecoded: the new response decodes it once, as httpx would.
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            content=b"".join(chunks),
+            request=response.request,
+        )
+
     def _interpret(self, response, endpoint, symbol, classify) -> Any:
         where = (self.provider, self.redact(endpoint), symbol)
         status = response.status_code
-        body = self.redact(response.text[:300])
+
+        def body() -> str:  # only on the error paths: masking costs more than a success needs
+            return self.redact.excerpt(response.text, BODY_EXCERPT)
+
         try:
             payload = response.json() if response.content else None
-        except json.JSONDecodeError:
+        except ValueError:  # JSONDecodeError, or bytes that are not text
             if status < 400:
-                raise ProviderError(*where, f"malformed JSON (HTTP {status}): {body!r}") from None
+                raise ProviderError(
+                    *where, f"malformed or truncated JSON (HTTP {status}): {body()!r}"
+                ) from None
             payload = None
         if status == 429:
             raise RateLimited(
-                *where, f"HTTP 429: {body}", retry_after=retry_after_seconds(response)
+                *where, f"HTTP 429: {body()}", retry_after=retry_after_seconds(response)
             )
         if classify is not None:
             # Provider codes come in any status (KIS's EGW00201 in a 500 or a 200, Twelve
             # Data's errors in a 200): the client's classifier reads them first.
             classify(payload, response)
         if status in (401, 403):
-            raise Unauthorized(*where, f"HTTP {status}: {body}")
+            raise Unauthorized(*where, f"HTTP {status}: {body()}")
         if status == 404:
-            raise NotFound(*where, f"HTTP 404: {body}")
+            raise NotFound(*where, f"HTTP 404: {body()}")
         if status >= 500:
-            raise ProviderError(*where, f"HTTP {status}: {body}")
+            raise ProviderError(*where, f"HTTP {status}: {body()}")
         if status >= 400:
-            raise BadRequest(*where, f"HTTP {status}: {body}")
+            raise BadRequest(*where, f"HTTP {status}: {body()}")
+        if 300 <= status < 400:
+            location = self.redact.excerpt(response.headers.get("location", "?"), BODY_EXCERPT)
+            raise BadRequest(
+                *where,
+                f"HTTP {status}: redirected to {location}, which is not followed: check the "
+                f"{self.provider.upper()}_BASE_URL setting",
+            )
         return payload
+
+    def excerpt(self, value: Any, limit: int = 200) -> str:
+        """A payload or text quoted in an error: masked, then shortened."""
+        return self.redact.excerpt(str(value), limit)
 
     def schema_error(self, endpoint: str, symbol: str | None, detail: str) -> SchemaDrift:
         return SchemaDrift(self.provider, endpoint, symbol, self.redact(detail))

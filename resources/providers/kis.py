@@ -171,7 +171,8 @@ def classify(payload: Any, response: httpx.Response) -> None:
     if rt_cd == "0" and "error_code" not in payload:
         return
     code = str(payload.get("msg_cd") or payload.get("error_code") or "").strip()
-    message = str(payload.get("msg1") or payload.get("error_description") or "").strip()[:200]
+    # Not cut here: the HTTP layer masks secrets first, then shortens every error.
+    message = str(payload.get("msg1") or payload.get("error_description") or "").strip()
     request = response.request
     endpoint, symbol = request.url.path, request.url.params.get("FID_INPUT_ISCD")
     where = (NAME, endpoint, symbol)
@@ -411,8 +412,7 @@ class _Client:
         sent once more."""
         for attempt in (1, 2):
             token = await self.tokens.token()
-            if token not in self.http.redact.secrets:
-                self.http.redact.secrets.append(token)  # a bearer token is a credential too
+            self.http.redact.add(token)  # a bearer token is a credential too
             headers = {
                 **JSON_CONTENT,
                 "authorization": f"Bearer {token}",

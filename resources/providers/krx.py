@@ -158,6 +158,7 @@ class KrxSource(OneMarketDailyBars):
         payload, _ = await http.request_json(
             "GET",
             endpoint,
+            symbol=f"basDd={day:%Y%m%d}",  # errors name the session asked for
             classify=_classify(http, endpoint),
             params={"basDd": day.strftime("%Y%m%d")},
             headers={"AUTH_KEY": self.api_key},

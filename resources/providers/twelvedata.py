@@ -111,7 +111,7 @@ class TwelveDataSource(OneMarketDailyBars):
             # The body's code decides; without one, the HTTP status it came with.
             code = payload.get("code", response.status_code)
             code = int(code) if str(code).isdigit() else response.status_code
-            message = str(payload.get("message", ""))[:300]
+            message = str(payload.get("message", ""))  # the HTTP layer masks, then cuts
             detail = http.redact(f"error {code} (HTTP {response.status_code}): {message}")
             where = (NAME, ENDPOINT, symbol)
             if code in (401, 403):

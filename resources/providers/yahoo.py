@@ -263,7 +263,7 @@ class YahooSource(OneMarketDailyBars):
         results = inner.get("result") if isinstance(inner, dict) else None
         if not isinstance(results, list):
             raise http.schema_error(
-                endpoint, symbol, f"expected {envelope}.result, got {str(payload)[:200]!r}"
+                endpoint, symbol, f"expected {envelope}.result, got {http.excerpt(payload)!r}"
             )
         if not results or not isinstance(results[0], dict):
             raise NotFound(PROVIDER, endpoint, symbol, empty)

@@ -71,6 +71,8 @@ class FakeFinnhub(FakeProvider):
         self.unknown: set[str] = set()
         self.nulls: dict[tuple[str, dt.date], set[str]] = {}
         self.drop_keys: dict[str, set[str]] = {}
+        # Hostile values, e.g. {("AAPL", day): {"h": math.inf}}: sent as JSON `Infinity`/`NaN`.
+        self.overrides: dict[tuple[str, dt.date], dict[str, float]] = {}
         self._delays: list[float] = []
 
     # The truth ----------------------------------------------------------------------------
@@ -138,6 +140,8 @@ class FakeFinnhub(FakeProvider):
         for i, day in enumerate(days):
             for key in self.nulls.get((symbol, day), ()):
                 body[key][i] = None
+            for key, value in self.overrides.get((symbol, day), {}).items():
+                body[key][i] = value
         for key in self.drop_keys.get(symbol, ()):
             body.pop(key, None)
         return Reply(200, body)

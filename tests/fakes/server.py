@@ -34,6 +34,8 @@ class Reply:
     body: Any = None  # JSON-serialisable, or bytes sent as they are
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    trickle: float = 0.0  # hostile: the body one byte every `trickle` seconds
+    truncate: int | None = None  # hostile: only this many body bytes, Content-Length says all
 
 
 @dataclass
@@ -48,8 +50,19 @@ class FaultPlan:
         self._faults: deque[Fault] = deque()
         self._lock = threading.Lock()
 
-    def add(self, status=500, body=None, *, headers=None, delay=0.0, path=None, times=1):
-        reply = Reply(status, body, headers or {}, delay)
+    def add(
+        self,
+        status=500,
+        body=None,
+        *,
+        headers=None,
+        delay=0.0,
+        path=None,
+        times=1,
+        trickle=0.0,
+        truncate=None,
+    ):
+        reply = Reply(status, body, headers or {}, delay, trickle, truncate)
         with self._lock:
             self._faults.append(Fault(reply, path, times))
 
@@ -118,6 +131,20 @@ class FakeProvider:
         for key, value in reply.headers.items():
             handler.send_header(key, value)
         handler.end_headers()
+        if reply.truncate is not None:  # the connection drops mid-body
+            handler.wfile.write(data[: reply.truncate])
+            handler.wfile.flush()
+            handler.close_connection = True
+            return
+        if reply.trickle:
+            try:
+                for i in range(len(data)):
+                    handler.wfile.write(data[i : i + 1])
+                    handler.wfile.flush()
+                    time.sleep(reply.trickle)
+            except OSError:  # the client gave up, as it should
+                handler.close_connection = True
+            return
         handler.wfile.write(data)
 
     def __enter__(self) -> FakeProvider:

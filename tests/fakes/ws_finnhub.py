@@ -30,9 +30,11 @@ class ScriptedWsServer:
         pace: float = 0.0,
         ping_every: int = 10,
         drop_after: int | None = None,
+        close_with: tuple[int, str] | None = None,
     ):
         self.frames, self.symbols = frames, set(symbols)
         self.pace, self.ping_every, self.drop_after = pace, ping_every, drop_after
+        self.close_with = close_with  # hostile: (code, reason) to close with after the script
         self.connections = 0
         self.completed = 0  # connections that received the whole script
         self.subscribed: list[set[str]] = []  # per connection
@@ -90,6 +92,9 @@ class ScriptedWsServer:
                 if self.pace:
                     await asyncio.sleep(self.pace)
             self.completed += 1
+            if self.close_with is not None:
+                await ws.close(*self.close_with)
+                return
             while True:
                 await asyncio.sleep(0.5)
                 await ws.send(self.ping())
