@@ -23,6 +23,18 @@ def evaluate(instance, cursor=None):
     )
 
 
+def store_range(datasets, keys, lake, market_data, instance):
+    """One run over the range of `keys`, as a backfill or the CLI's --partition-range does."""
+    return materialize(
+        "krx",
+        datasets,
+        lake=lake,
+        market_data=market_data,
+        instance=instance,
+        partition_range=(keys[0], keys[-1]),
+    )
+
+
 @pytest.fixture
 def universe(lake, market_data, instance):
     assert materialize(
@@ -42,14 +54,7 @@ def test_a_range_backfill_requests_indicators_for_every_partition(
     keys = recent_sessions("krx", 10)
     start = evaluate(instance)
     assert start.total_requested == 0  # nothing was updated: no unrequested work at start
-    prices = materialize(
-        "krx",
-        ("daily_prices",),
-        lake=lake,
-        market_data=market_data,
-        instance=instance,
-        partition_range=(keys[0], keys[-1]),
-    )
+    prices = store_range(("daily_prices",), keys, lake, market_data, instance)
     assert prices.success
     after = evaluate(instance, start.cursor)
     # eager() would have asked for the latest partition only.
@@ -64,14 +69,7 @@ def test_a_run_that_stored_prices_and_indicators_together_is_not_repeated(
 ):
     keys = recent_sessions("krx", 3)
     start = evaluate(instance)
-    both = materialize(
-        "krx",
-        ("daily_prices", "indicators"),
-        lake=lake,
-        market_data=market_data,
-        instance=instance,
-        partition_range=(keys[0], keys[-1]),
-    )
+    both = store_range(("daily_prices", "indicators"), keys, lake, market_data, instance)
     assert both.success
     assert evaluate(instance, start.cursor).total_requested == 0
 
@@ -114,14 +112,7 @@ def test_new_prices_for_an_old_session_refresh_every_later_indicator(
     lake, market_data, instance, universe
 ):
     keys = recent_sessions("krx", 40)
-    assert materialize(
-        "krx",
-        ("daily_prices", "indicators"),
-        lake=lake,
-        market_data=market_data,
-        instance=instance,
-        partition_range=(keys[0], keys[-1]),
-    ).success
+    assert store_range(("daily_prices", "indicators"), keys, lake, market_data, instance).success
     # The session's prices change (a corrected file, a re-run with another source).
     old = partition_dates([keys[5]])[0]
     stored = lake.read_partitions("daily_prices", "krx", DAILY_PRICES, first=old, last=old)

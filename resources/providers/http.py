@@ -391,7 +391,9 @@ class ProviderHttp:
         self.breaker.before_call(where=_where(self.provider, self.redact(endpoint), symbol))
         try:
             async with self.limiter.slot():
-                response = await self._client.request(method, endpoint, **kwargs)
+                # The same overall deadline as every other request: a trickling handshake
+                # must not hang the run either.
+                response = await self._within_deadline(method, endpoint, symbol, kwargs)
         except httpx.HTTPError as error:
             self.breaker.record_failure()
             detail = self.redact(f"{type(error).__name__}: {error}")
