@@ -16,7 +16,7 @@ import datetime as dt
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import cache
@@ -35,6 +35,7 @@ from checks.trade_checks import (
     validate_trades,
 )
 from resources.lake import PART_FILE, LakeResource
+from resources.trade_spool import read_unflushed
 
 from .markets import MARKETS, all_sessions, session_bounds, sessions_between
 from .metadata import markdown_table
@@ -449,24 +450,31 @@ def trade_aggregates_job(market: str):
 
 
 def plan_hour_runs(
-    lake: LakeResource, market: str, now: dt.datetime, cursor: str | None
+    lake: LakeResource,
+    market: str,
+    now: dt.datetime,
+    cursor: str | None,
+    spooled: Iterable[dt.datetime] = (),
 ) -> tuple[list[dg.RunRequest], str]:
-    """Run requests for the hours closed more than the grace period ago, and for requested hours
-    that a batch flushed since holds a trade of; and the next cursor.
+    """Run requests for the closed hours (ended more than the grace period ago) that hold a trade,
+    in a batch in the lake or in `spooled` (trade times still only in the collector's spool),
+    for requested hours that a batch flushed since holds a trade of; and the next cursor. An
+    hour without trades is never requested: a deployment that never collected asks for nothing.
 
     Cursor: per trades folder the highest batch id already looked at (only newer batches are
-    opened, and only their footers), and per requested hour the batch id of its last request.
+    opened, and only their footers), per hour with trades not yet requested the highest batch
+    holding one (`traded`, -1 when only spooled), and per requested hour the batch id of its
+    last request.
     """
     state = json.loads(cursor) if cursor else {}
     seen: dict[str, int] = state.get("batches", {})
+    traded: dict[str, int] = state.get("traded", {})
     requested: dict[str, int] = state.get("hours", {})
     window_start = floor_hour(now - REOPEN_WINDOW)
     files = batch_files(lake, market, trade_days(market, window_start, now))
     landed: dict[str, int] = {}  # hour key -> highest new batch holding a trade of it
     for f in files:
-        # Spans matter only for hours already requested: a first tick (or a quiet cursor)
-        # opens no footer at all, however many batches the window holds.
-        if not requested or f.batch <= seen.get(f.day.isoformat(), -1):
+        if f.batch <= seen.get(f.day.isoformat(), -1):
             continue
         span = file_span(lake, f.path)
         lo, hi = (window_start, now) if span is None else (floor_hour(span[0]), span[1])
@@ -476,6 +484,12 @@ def plan_hour_runs(
             hour += HOUR
     for f in files:
         seen[f.day.isoformat()] = max(seen.get(f.day.isoformat(), -1), f.batch)
+    for key, batch in landed.items():
+        if key not in requested:
+            traded[key] = max(traded.get(key, -1), batch)
+    for ts in spooled:
+        if window_start <= ts < now and hour_key(floor_hour(ts)) not in requested:
+            traded.setdefault(hour_key(floor_hour(ts)), -1)
 
     requests = []
     closed_before = now - grace_period() - HOUR  # an hour is due once it ended a grace ago
@@ -483,10 +497,10 @@ def plan_hour_runs(
         key = hour_key(hour)
         if hour > closed_before:
             continue
-        if key not in requested:
+        if key in traded:
             requests.append(dg.RunRequest(run_key=f"{market}:{key}", partition_key=key))
-            requested[key] = landed.get(key, -1)
-        elif key in landed:  # late trades: re-open the hour once per new batch
+            requested[key] = traded.pop(key)
+        elif key in requested and key in landed:  # late trades: re-open once per new batch
             batch = landed[key]
             requests.append(dg.RunRequest(run_key=f"{market}:{key}:b{batch}", partition_key=key))
             requested[key] = batch
@@ -494,6 +508,7 @@ def plan_hour_runs(
     first_day = trade_days(market, window_start, window_start + HOUR)[0].isoformat()
     next_state = {
         "batches": {d: b for d, b in sorted(seen.items()) if d >= first_day},
+        "traded": {k: b for k, b in sorted(traded.items()) if k >= oldest},
         "hours": {k: b for k, b in sorted(requested.items()) if k >= oldest},
     }
     return requests, json.dumps(next_state, sort_keys=True)
@@ -513,13 +528,18 @@ def trade_hours_sensor(
         job=trade_aggregates_job(market),
         minimum_interval_seconds=60,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description=f"Requests each {market} trading hour {GRACE_VARIABLE} (default "
-        f"{DEFAULT_GRACE_MINUTES}) minutes after it closes, and again when late trades land in it.",
+        description=f"Requests each {market} trading hour that has trades {GRACE_VARIABLE} "
+        f"(default {DEFAULT_GRACE_MINUTES}) minutes after it closes, and again when late trades "
+        "land in it.",
     )
     def trade_hours(context: dg.SensorEvaluationContext, lake: LakeResource):
-        requests, cursor = plan_hour_runs(lake, market, clock(), context.cursor)
+        # Trades collected but not flushed yet count too; the hour re-opens when they land.
+        spooled = read_unflushed(market)["ts"].dt.truncate("1h").unique()
+        requests, cursor = plan_hour_runs(lake, market, clock(), context.cursor, spooled)
         if not requests:
-            return dg.SensorResult(skip_reason="no closed or re-opened hour", cursor=cursor)
+            return dg.SensorResult(
+                skip_reason="no closed hour with trades in the lake or the spool", cursor=cursor
+            )
         return dg.SensorResult(run_requests=requests, cursor=cursor)
 
     return trade_hours

@@ -25,6 +25,7 @@ from marketpipe_assets.trade_aggregates import (
     trade_aggregates_asset,
     trade_hours_sensor,
 )
+from resources.trade_spool import TradeSpool, spool_path
 
 UTC = dt.UTC
 DAY = "2026-11-20"  # a Friday, XNYS 14:30-21:00 UTC (EST)
@@ -32,11 +33,11 @@ H14 = dt.datetime(2026, 11, 20, 14, tzinfo=UTC)
 H15 = H14 + dt.timedelta(hours=1)
 
 
-def trades(*rows) -> pl.DataFrame:
-    """Rows of (symbol, 'HH:MM:SS' on DAY UTC, price, size, trade_id)."""
+def trades(*rows, day: str = DAY) -> pl.DataFrame:
+    """Rows of (symbol, 'HH:MM:SS' on `day` UTC, price, size, trade_id)."""
     return pl.DataFrame(
         [
-            (s, dt.datetime.fromisoformat(f"{DAY}T{t}+00:00"), p, z, "finnhub", i)
+            (s, dt.datetime.fromisoformat(f"{day}T{t}+00:00"), p, z, "finnhub", i)
             for s, t, p, z, i in rows
         ],
         schema=TRADES,
@@ -209,7 +210,9 @@ class Clock:
 
 
 @pytest.fixture
-def sensor_defs(lake):
+def sensor_defs(lake, tmp_path, monkeypatch):
+    monkeypatch.setenv("MARKETPIPE_SPOOL_DIR", str(tmp_path / "spool"))
+    monkeypatch.delenv("MARKETPIPE_TRADE_GRACE_MINUTES", raising=False)
     clock = Clock(dt.datetime(2026, 11, 20, 15, 4, tzinfo=UTC))
     sensor = trade_hours_sensor("us", clock=clock)
     defs = dg.Definitions(
@@ -218,7 +221,7 @@ def sensor_defs(lake):
     return clock, sensor, defs
 
 
-def tick(sensor_defs, instance, cursor):
+def evaluate(sensor_defs, instance, cursor):
     clock, sensor, defs = sensor_defs
     context = dg.build_sensor_context(
         instance=instance,
@@ -226,29 +229,71 @@ def tick(sensor_defs, instance, cursor):
         resources={"lake": defs.resources["lake"]},
         repository_def=defs.get_repository_def(),
     )
-    data = sensor.evaluate_tick(context)
+    return sensor.evaluate_tick(context)
+
+
+def tick(sensor_defs, instance, cursor):
+    data = evaluate(sensor_defs, instance, cursor)
     return [(r.partition_key, r.run_key) for r in data.run_requests], data.cursor
 
 
-def test_sensor_requests_closed_hours_after_the_grace_and_reopens_them_for_late_trades(
-    lake, instance, sensor_defs, monkeypatch
+def test_an_empty_deployment_requests_nothing(lake, instance, sensor_defs):
+    clock = sensor_defs[0]
+    cursor = None
+    # Three days of closed session hours, ticked hourly, and not one trade collected.
+    for _ in range(72):
+        data = evaluate(sensor_defs, instance, cursor)
+        assert data.run_requests == []
+        assert "no closed hour with trades" in data.skip_message
+        cursor = data.cursor
+        clock.now += dt.timedelta(hours=1)
+
+
+def test_only_the_hours_with_trades_are_requested(lake, instance, sensor_defs):
+    clock = sensor_defs[0]
+    flush(lake, 1, 1, trades(("AAPL", "15:59:59", 10.0, 1, "a"), day="2026-11-19"), "2026-11-19")
+    flush(lake, 2, 3, trades(("MSFT", "14:30:00", 20.0, 2, "b"), ("AAPL", "14:31:00", 10.0, 1, "c")))
+    clock.now = dt.datetime(2026, 11, 20, 21, 30, tzinfo=UTC)  # after the close
+    requests, cursor = tick(sensor_defs, instance, None)
+    assert requests == [
+        ("2026-11-19-15:00", "us:2026-11-19-15:00"),
+        ("2026-11-20-14:00", "us:2026-11-20-14:00"),
+    ]
+    clock.now += dt.timedelta(days=1)
+    assert tick(sensor_defs, instance, cursor)[0] == []
+
+
+def test_a_spooled_trade_requests_its_hour_and_its_flush_reopens_it(
+    lake, instance, sensor_defs, tmp_path
 ):
-    monkeypatch.delenv("MARKETPIPE_TRADE_GRACE_MINUTES", raising=False)
+    clock = sensor_defs[0]
+    spool = TradeSpool(spool_path("us", tmp_path / "spool"))
+    spool.append(trades(("AAPL", "14:40:00", 10.0, 1, "s1")))
+    clock.now = dt.datetime(2026, 11, 20, 15, 5, tzinfo=UTC)
+    requests, cursor = tick(sensor_defs, instance, None)
+    assert requests == [("2026-11-20-14:00", "us:2026-11-20-14:00")]
+    assert tick(sensor_defs, instance, cursor)[0] == []
+    # The flusher writes it to the lake: the hour is aggregated again, now with the trade.
+    flush(lake, 1, 1, trades(("AAPL", "14:40:00", 10.0, 1, "s1")))
+    spool.mark_flushed(1)
+    spool.close()
+    requests, cursor = tick(sensor_defs, instance, cursor)
+    assert requests == [("2026-11-20-14:00", "us:2026-11-20-14:00:b1")]
+    assert tick(sensor_defs, instance, cursor)[0] == []
+
+
+def test_sensor_requests_closed_hours_after_the_grace_and_reopens_them_for_late_trades(
+    lake, instance, sensor_defs
+):
     clock = sensor_defs[0]
     flush(
         lake, 1, 5, trades(("AAPL", "14:35:00", 10.0, 1, "t1"), ("AAPL", "15:01:00", 10.0, 1, "t2"))
     )
 
-    # 15:04: 14:00 closed four minutes ago, inside the 5-minute grace. The earlier session hours
-    # of the last three days are due (Nov 17 from 15:00, the window's start).
+    # 15:04: 14:00 closed four minutes ago, inside the 5-minute grace; the earlier session hours
+    # of the last three days have no trades.
     requests, cursor = tick(sensor_defs, instance, None)
-    expected = (
-        [f"2026-11-17-{h}:00" for h in range(15, 21)]
-        + [f"2026-11-18-{h}:00" for h in range(14, 21)]
-        + [f"2026-11-19-{h}:00" for h in range(14, 21)]
-    )
-    assert [k for k, _ in requests] == expected
-    assert all(run_key == f"us:{k}" for k, run_key in requests)
+    assert requests == []
 
     clock.now = dt.datetime(2026, 11, 20, 15, 5, tzinfo=UTC)
     requests, cursor = tick(sensor_defs, instance, cursor)
@@ -280,14 +325,16 @@ def test_sensor_requests_closed_hours_after_the_grace_and_reopens_them_for_late_
 
 def test_grace_period_is_configurable(lake, instance, sensor_defs, monkeypatch):
     clock = sensor_defs[0]
+    flush(lake, 1, 1, trades(("AAPL", "20:30:00", 10.0, 1, "y"), day="2026-11-19"), "2026-11-19")
+    flush(lake, 2, 2, trades(("AAPL", "14:30:00", 10.0, 1, "t")))
     clock.now = dt.datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
     monkeypatch.setenv("MARKETPIPE_TRADE_GRACE_MINUTES", "0")
     requests, _ = tick(sensor_defs, instance, None)
-    assert requests[-1] == ("2026-11-20-14:00", "us:2026-11-20-14:00")
+    assert [k for k, _ in requests] == ["2026-11-19-20:00", "2026-11-20-14:00"]
     monkeypatch.setenv("MARKETPIPE_TRADE_GRACE_MINUTES", "30")
     clock.now = dt.datetime(2026, 11, 20, 15, 29, tzinfo=UTC)
     requests, _ = tick(sensor_defs, instance, None)
-    assert requests[-1][0] == "2026-11-19-20:00"
+    assert [k for k, _ in requests] == ["2026-11-19-20:00"]
     monkeypatch.setenv("MARKETPIPE_TRADE_GRACE_MINUTES", "soon")
     with pytest.raises(Exception, match="MARKETPIPE_TRADE_GRACE_MINUTES='soon'"):
         tick(sensor_defs, instance, None)
