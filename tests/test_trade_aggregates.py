@@ -252,7 +252,8 @@ def test_an_empty_deployment_requests_nothing(lake, instance, sensor_defs):
 def test_only_the_hours_with_trades_are_requested(lake, instance, sensor_defs):
     clock = sensor_defs[0]
     flush(lake, 1, 1, trades(("AAPL", "15:59:59", 10.0, 1, "a"), day="2026-11-19"), "2026-11-19")
-    flush(lake, 2, 3, trades(("MSFT", "14:30:00", 20.0, 2, "b"), ("AAPL", "14:31:00", 10.0, 1, "c")))
+    two = trades(("MSFT", "14:30:00", 20.0, 2, "b"), ("AAPL", "14:31:00", 10.0, 1, "c"))
+    flush(lake, 2, 3, two)
     clock.now = dt.datetime(2026, 11, 20, 21, 30, tzinfo=UTC)  # after the close
     requests, cursor = tick(sensor_defs, instance, None)
     assert requests == [
