@@ -116,7 +116,10 @@ def completeness_by_session(
     )
 
 
-def completeness_result(by_session: pl.DataFrame) -> dg.AssetCheckResult:
+def completeness_result(
+    by_session: pl.DataFrame, *, remedy: str | None = None
+) -> dg.AssetCheckResult:
+    """`remedy`, when given, ends a failing description: what to provide to complete it."""
     below = by_session.filter(pl.col("completeness") < COMPLETENESS_THRESHOLD)
     partial = by_session.filter(
         (pl.col("completeness") >= COMPLETENESS_THRESHOLD) & (pl.col("completeness") < 1)
@@ -126,6 +129,7 @@ def completeness_result(by_session: pl.DataFrame) -> dg.AssetCheckResult:
         description = f"{len(below)} session(s) below {COMPLETENESS_THRESHOLD:.0%}: " + ", ".join(
             f"{d} {c:.1%}" for d, c in below.select("trade_date", "completeness").rows()[:10]
         )
+        description += f"; {remedy}" if remedy else ""
     elif len(partial):
         description = (
             f"accepted: {len(partial)} session(s) have missing symbols but are >= "

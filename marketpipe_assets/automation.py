@@ -12,7 +12,9 @@ import dagster as dg
 
 from checks.ge_check import GREAT_EXPECTATIONS
 from resources.market_data import MarketDataResource
+from resources.sources.base import SourceError
 from resources.sources.files import FilesSource
+from resources.sources.landing_files import rejected_file
 
 from .freshness import SYMBOL_FRESHNESS
 from .markets import MARKETS, all_sessions, is_session, partitions_def
@@ -20,6 +22,8 @@ from .markets import MARKETS, all_sessions, is_session, partitions_def
 # Dagster's tags for a single run over a partition range (what the CLI's --partition-range sets).
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
+# On every run the landing sensor requests: the file's name in <landing>/<market>/.
+LANDING_FILE_TAG = "marketpipe/landing_file"
 
 
 @cache
@@ -96,34 +100,118 @@ def files_run_config(market_data: MarketDataResource, market: str) -> dict:
     return {"resources": {"market_data": {"config": settings}}}
 
 
+class RejectedLandingFile(dg.Config):
+    file: str  # its name in <landing>/<market>/
+    problem: str  # what is wrong and what to do, in words a user can act on
+
+
+@dg.op(description="Fails with what is wrong with a landing file and how to get it ingested.")
+def reject_landing_file(config: RejectedLandingFile) -> None:
+    raise dg.Failure(description=config.problem, metadata={"file": config.file})
+
+
+@cache
+def rejected_file_job(market: str) -> dg.JobDefinition:
+    @dg.job(
+        name=f"{market}_landing_file_rejected",
+        description=f"One failed run per unusable file in <landing>/{market}/, saying why.",
+    )
+    def landing_file_rejected():
+        reject_landing_file()
+
+    return landing_file_rejected
+
+
+def _file_states(cursor: str | None, present: list[dict]) -> dict[str, dict]:
+    """The cursor: per file name its mtime, size and status (requested or rejected), for the
+    files still in the folder (one removed and dropped again is new). A cursor of the earlier
+    form (full path -> mtime) is read as requested files of unknown size."""
+    states = json.loads(cursor) if cursor else {}
+    names = {e["path"]: e["name"] for e in present} | {e["name"]: e["name"] for e in present}
+    return {
+        names[key]: state
+        if isinstance(state, dict)
+        else {"mtime": state, "size": None, "status": "requested"}
+        for key, state in states.items()
+        if key in names
+    }
+
+
+def _unchanged(state: dict | None, entry: dict) -> bool:
+    return (
+        state is not None
+        and state["mtime"] == entry["stamp"]
+        and state["size"] in (None, entry["size"])
+    )
+
+
 def landing_file_sensor(market: str) -> dg.SensorDefinition:
     job = price_job(market)
+    rejected_job = rejected_file_job(market)
 
     @dg.sensor(
         name=f"{market}_landing_files",
-        job=job,
+        jobs=[job, rejected_job],
         minimum_interval_seconds=60,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description=f"Ingests the sessions of each new or changed file in <landing>/{market}/.",
+        description=f"Ingests the sessions of each new or changed file in <landing>/{market}/; "
+        "an unusable file gets one failed run saying why, and blocks no other file.",
     )
     def landing_files(context: dg.SensorEvaluationContext, market_data: MarketDataResource):
         files = FilesSource(landing_url=market_data.landing_url)
-        seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
-        new = [f for f in files.files(market) if seen.get(f["path"]) != f["stamp"]]
-        if not new:
-            return dg.SkipReason(f"no new files in {market_data.landing_url}/{market}")
+        folder = f"{market_data.landing_url.rstrip('/')}/{market}"
+        present = files.files(market)
+        states = _file_states(context.cursor, present)
         requests = []
-        for entry in new:
-            path, stamp = entry["path"], entry["stamp"]
-            for first, last in contiguous_blocks(market, files.sessions_in_file(market, path)):
+        for entry in present:
+            name = entry["name"]
+            if _unchanged(states.get(name), entry):
+                continue
+            state = {"mtime": entry["stamp"], "size": entry["size"]}
+            try:
+                blocks = contiguous_blocks(market, files.sessions_in_file(market, entry["path"]))
+                if not blocks:
+                    raise rejected_file(entry["path"], _no_sessions(market))
+            except SourceError as exc:
+                requests.append(_rejection(rejected_job, entry, str(exc)))
+                states[name] = {**state, "status": "rejected"}
+                continue
+            for first, last in blocks:
                 requests.append(
                     dg.RunRequest(
-                        run_key=f"{path}@{stamp}#{first}..{last}",
+                        job_name=job.name,
+                        run_key=f"{entry['path']}@{entry['stamp']}#{first}..{last}",
                         run_config=files_run_config(market_data, market),
-                        tags={RANGE_START_TAG: first.isoformat(), RANGE_END_TAG: last.isoformat()},
+                        tags={
+                            RANGE_START_TAG: first.isoformat(),
+                            RANGE_END_TAG: last.isoformat(),
+                            LANDING_FILE_TAG: name,
+                        },
                     )
                 )
-            seen[path] = stamp
-        return dg.SensorResult(run_requests=requests, cursor=json.dumps(seen, sort_keys=True))
+            states[name] = {**state, "status": "requested"}
+        cursor = json.dumps(states, sort_keys=True)
+        if not requests:
+            return dg.SensorResult(skip_reason=f"no new files in {folder}", cursor=cursor)
+        return dg.SensorResult(run_requests=requests, cursor=cursor)
 
     return landing_files
+
+
+def _rejection(job: dg.JobDefinition, entry: dict, problem: str) -> dg.RunRequest:
+    name = entry["name"]
+    return dg.RunRequest(
+        job_name=job.name,
+        # Another version of the file (rewritten: new mtime) is another run.
+        run_key=f"{name}:{entry['stamp']}",
+        run_config={"ops": {"reject_landing_file": {"config": {"file": name, "problem": problem}}}},
+        tags={LANDING_FILE_TAG: name},
+    )
+
+
+def _no_sessions(market: str) -> str:
+    return (
+        f"none of its trade dates is an {MARKETS[market].calendar} session from "
+        f"{all_sessions(market)[0]} on (weekends, holidays and dates before "
+        "MARKETPIPE_START_DATE are not)"
+    )

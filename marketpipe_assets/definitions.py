@@ -9,7 +9,7 @@ from resources.lake import LakeResource
 from resources.market_data import MarketDataResource
 
 from .alerting import alert_sensors
-from .automation import landing_file_sensor, market_schedule, price_job
+from .automation import landing_file_sensor, market_schedule, price_job, rejected_file_job
 from .book_capture import capture_schedule
 from .declarative import automation_sensor
 from .freshness import freshness_checks, freshness_job, freshness_schedules, with_freshness
@@ -38,6 +38,7 @@ assets = [
 assets = with_freshness(assets) + trade_aggregate_assets() + warehouse_assets()
 jobs = [
     *(price_job(m) for m in MARKETS),
+    *(rejected_file_job(m) for m in MARKETS),
     *(freshness_job(m, d) for m in MARKETS for d in ("daily_prices", "intraday_bars")),
     retention_job,
     *trade_jobs(),

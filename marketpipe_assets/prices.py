@@ -18,6 +18,7 @@ from checks.rulebook import HALTED, validate
 from resources.lake import LakeResource
 from resources.market_data import MarketDataResource
 from resources.sources.base import FallbackSource
+from resources.sources.files import FilesSource, SessionUniverse
 
 from .markets import MARKETS, partition_dates, partitions_def, previous_session
 from .metadata import markdown_table, preview
@@ -68,8 +69,11 @@ def standardise(raw: pl.DataFrame) -> pl.DataFrame:
     return frame.with_columns(pl.col(pl.Float64).fill_nan(None))
 
 
-def load_universe(lake: LakeResource, market: str) -> pl.DataFrame:
+def load_universe(lake: LakeResource, market: str, *, required: bool = True) -> pl.DataFrame | None:
+    """The stored universe; without one a Failure saying how to make it (None if not required)."""
     frame = lake.read_table("universe", market)
+    if frame is None and not required:
+        return None
     if frame is None:
         raise dg.Failure(
             f"{market}/universe has not been materialized in {lake.url!r}; materialize it first: "
@@ -102,9 +106,13 @@ def daily_prices_asset(market: str) -> dg.AssetsDefinition:
     ):
         """Daily OHLCV bars per session; rows breaking a rule go to quarantine with their rules."""
         sessions = partition_dates(context.partition_keys)
-        universe = load_universe(lake, market)
         source = market_data.source(market)
-        raw = source.daily_bars(market, sessions, universe["symbol"].to_list())
+        landing = source if isinstance(source, FilesSource) else None
+        universe = load_universe(lake, market, required=landing is None)
+        symbols = [] if universe is None else universe["symbol"].to_list()
+        raw = source.daily_bars(market, sessions, symbols)
+        checked_against = _landing_universe(context, landing, market, universe, raw)
+        universe = checked_against.frame if checked_against else universe
         # Which sources of a chain were tried and why they could not serve (never a secret).
         failures = source.last_failures if isinstance(source, FallbackSource) else []
         for failure in failures:
@@ -129,17 +137,32 @@ def daily_prices_asset(market: str) -> dg.AssetsDefinition:
                 "completeness": float(by_session["completeness"].min()),
                 "rows_by_source": {name: int(n) for name, n in sources},
                 "source_failures": dg.MetadataValue.json(failures),
+                **({"universe_rule": checked_against.rule} if checked_against else {}),
                 "path": lake.uri(lake.market_dir("daily_prices", market)),
                 **preview(stored, sessions),
             },
             check_results=[
                 price_relationships_result(stored, validated),
-                completeness_result(by_session),
+                completeness_result(
+                    by_session, remedy=checked_against.remedy if checked_against else None
+                ),
                 suspicious_jumps_result(stored, previous, sessions),
             ],
         )
 
     return daily_prices
+
+
+def _landing_universe(context, landing, market, stored, raw) -> SessionUniverse | None:
+    """For landing files: the universe their sessions are checked against, said in the log; and
+    each file left out as unusable (the landing sensor gives it a failed run of its own)."""
+    if landing is None:
+        return None
+    for message in landing.rejected.values():
+        context.log.warning(f"left out: {message}")
+    chosen = landing.session_universe(market, stored, raw)
+    context.log.info(f"completeness is measured against {chosen.rule}")
+    return chosen
 
 
 def _previous_stored(lake: LakeResource, market: str, first: dt.date) -> pl.DataFrame:

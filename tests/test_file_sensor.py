@@ -2,6 +2,7 @@
 
 import datetime as dt
 import json
+import logging
 import os
 
 import dagster as dg
@@ -9,7 +10,13 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from marketpipe_assets.automation import RANGE_END_TAG, RANGE_START_TAG, landing_file_sensor
+from marketpipe_assets.automation import (
+    LANDING_FILE_TAG,
+    RANGE_END_TAG,
+    RANGE_START_TAG,
+    landing_file_sensor,
+    rejected_file_job,
+)
 from marketpipe_assets.definitions import defs
 from marketpipe_assets.markets import sessions_between
 from marketpipe_assets.schemas import DAILY_PRICES
@@ -100,9 +107,23 @@ def test_ticks_request_new_and_changed_files_once(landing, instance):
     assert ranges(fourth) == {iso(S[0], S[3])}
     assert fourth.run_requests[0].run_key not in keys
     assert tick(landing, instance, cursor=fourth.cursor).run_requests == []
-    assert set(json.loads(fourth.cursor)) == {
-        str(landing / "krx" / name) for name in ("a.csv", "b.parquet", "c.csv")
-    }
+    # Per file its version and status: a file is requested once per version.
+    states = json.loads(fourth.cursor)
+    assert set(states) == {"a.csv", "b.parquet", "c.csv"}
+    a_csv = (landing / "krx" / "a.csv").stat()
+    assert states["a.csv"]["size"] == a_csv.st_size
+    assert float(states["a.csv"]["mtime"]) == pytest.approx(a_csv.st_mtime)
+    assert {state["status"] for state in states.values()} == {"requested"}
+    assert all(r.tags[LANDING_FILE_TAG] == "a.csv" for r in fourth.run_requests)
+
+
+def test_a_cursor_of_the_earlier_form_requests_no_file_again(landing, instance):
+    bars(S[0:3]).write_csv(landing / "krx" / "a.csv")
+    [entry] = FilesSource(landing_url=str(landing)).files("krx")
+    earlier = json.dumps({entry["path"]: entry["stamp"]})
+    data = tick(landing, instance, cursor=earlier)
+    assert data.run_requests == []
+    assert json.loads(data.cursor)["a.csv"]["status"] == "requested"
 
 
 def test_files_of_other_markets_and_hidden_files_are_ignored(landing, instance):
@@ -158,19 +179,117 @@ def test_requested_run_stores_the_files_rows_and_quarantines_the_bad_one(landing
     assert sorted(universe["symbol"].to_list()) == TICKERS
 
 
-def test_unreadable_parquet_names_the_file(landing, instance):
+# Bad files ------------------------------------------------------------------------------------
+def failure_message(request, instance) -> str:
+    """Run a rejected-file request as the daemon would; the failure's message."""
+    result = rejected_file_job("krx").execute_in_process(
+        run_config=request.run_config, instance=instance, tags=request.tags, raise_on_error=False
+    )
+    assert not result.success
+    return result.failure_data_for_node("reject_landing_file").user_failure_data.description
+
+
+BAD_FILES = {
+    # name: (contents, what the message says is wrong)
+    "abc.csv": (
+        lambda path: (
+            bars(S[3:4])
+            .with_columns(close=pl.col("close").cast(pl.String))
+            .with_columns(
+                close=pl.when(pl.int_range(pl.len()) == 6).then(pl.lit("abc")).otherwise("close")
+            )
+            .write_csv(path)
+        ),
+        "column close, row 7: 'abc' is not a number",
+    ),
+    "slashed.csv": (
+        lambda path: (
+            bars(S[4:5])
+            .with_columns(trade_date=pl.col("trade_date").dt.strftime("%d/%m/%Y"))
+            .write_csv(path)
+        ),
+        "column trade_date, row 1: '05/09/2025' is not a date (YYYY-MM-DD) (39 more such rows)",
+    ),
+    "no_close.csv": (
+        lambda path: bars(S[5:6]).drop("close").write_csv(path),
+        "column(s) 'close' missing",
+    ),
+    "ragged.csv": (
+        lambda path: path.write_text(
+            "symbol,trade_date,open,high,low,close,volume\n"
+            "000010,2025-09-01,1,2,0.5,1.5,10\n000020,2025-09-01,1,2,0.5,1.5,10,7\n"
+        ),
+        "row 2 has 8 fields but the header has 7",
+    ),
+    "x.parquet": (lambda path: path.write_bytes(os.urandom(256)), "not readable parquet"),
+    "weekend.csv": (lambda path: bars([dt.date(2025, 9, 6)]).write_csv(path), "XKRX session"),
+}
+
+
+def test_each_bad_file_is_one_failed_run_and_blocks_no_other_file(landing, lake, instance):
+    bars(S[0:3]).write_csv(landing / "krx" / "good.csv")
+    for name, (write, _) in BAD_FILES.items():
+        write(landing / "krx" / name)
+
+    data = tick(landing, instance)
+    rejected = {
+        r.tags[LANDING_FILE_TAG]: r for r in data.run_requests if r.job_name.endswith("_rejected")
+    }
+    assert set(rejected) == set(BAD_FILES)
+    [good] = [r for r in data.run_requests if r.job_name == "krx_daily_prices"]
+    assert (good.tags[RANGE_START_TAG], good.tags[RANGE_END_TAG]) == iso(S[0], S[2])
+    for name, (_, problem) in BAD_FILES.items():
+        request = rejected[name]
+        assert request.job_name == "krx_landing_file_rejected"
+        assert request.run_key == f"{name}:{(landing / 'krx' / name).stat().st_mtime}"
+        message = failure_message(request, instance)
+        assert name in message and problem in message, message
+        assert "polars" not in message and "infer_schema_length" not in message
+        assert "drop it into the landing folder again" in message
+    states = json.loads(data.cursor)
+    assert {n for n, state in states.items() if state["status"] == "rejected"} == set(BAD_FILES)
+
+    # The good file's run stores its rows although the bad files sit beside it.
+    result = dg.materialize(
+        market_assets("krx", "daily_prices"),
+        instance=instance,
+        resources={"lake": lake, "market_data": MarketDataResource(landing_url=str(landing))},
+        run_config=good.run_config,
+        tags=good.tags,
+    )
+    assert result.success
+    assert lake.existing_days("daily_prices", "krx") == set(S[0:3])
+    assert len(lake.read_partitions("daily_prices", "krx", DAILY_PRICES)) == 3 * len(TICKERS)
+    warnings = [e.message for e in instance.all_logs(result.run_id) if e.level == logging.WARNING]
+    assert sum("left out" in w and "abc.csv" in w for w in warnings) == 1
+
+    # Nothing twice; a fixed and re-dropped file is picked up again, as a price run.
+    assert tick(landing, instance, cursor=data.cursor).run_requests == []
+    bars(S[3:4]).write_csv(landing / "krx" / "abc.csv")
+    os.utime(landing / "krx" / "abc.csv", (1e9, 1e9))
+    again = tick(landing, instance, cursor=data.cursor)
+    [fixed] = again.run_requests
+    assert fixed.job_name == "krx_daily_prices" and fixed.tags[LANDING_FILE_TAG] == "abc.csv"
+    assert json.loads(again.cursor)["abc.csv"]["status"] == "requested"
+
+
+def test_unreadable_parquet_is_left_out_of_reads_and_named(landing):
+    bars(S[0:1]).write_csv(landing / "krx" / "good.csv")
     bad = landing / "krx" / "x.parquet"
     bad.write_bytes(os.urandom(256))
     source = FilesSource(landing_url=str(landing))
-    with pytest.raises(SourceError, match=r"x\.parquet.*Fix or remove the file"):
-        source.daily_bars("krx", S[0:1], TICKERS)
-    # The sensor cannot tell the file's sessions either, and says which file.
-    with pytest.raises(SourceError, match=r"x\.parquet"):
-        tick(landing, instance)
+    assert len(source.daily_bars("krx", S[0:1], TICKERS)) == len(TICKERS)
+    [(path, message)] = source.rejected.items()
+    assert path.endswith("x.parquet") and "x.parquet" in message
+    with pytest.raises(SourceError, match=r"x\.parquet.*not readable parquet"):
+        source.read_file("krx", path)
 
 
-def test_csv_without_close_names_the_file_and_the_column(landing):
-    bars(S[0:2]).drop("close").write_csv(landing / "krx" / "no_close.csv")
+def test_a_bad_value_past_any_inference_window_names_its_row(landing):
+    many = bars(S[0:1]).sample(n=12_000, with_replacement=True, seed=1)
+    many = many.with_columns(pl.col("volume").cast(pl.String))
+    many[11_500, "volume"] = "12,5"
+    many.write_csv(landing / "krx" / "big.csv")
     source = FilesSource(landing_url=str(landing))
-    with pytest.raises(SourceError, match=r"no_close\.csv.*'close'"):
-        source.daily_bars("krx", S[0:2], TICKERS)
+    with pytest.raises(SourceError, match=r"big\.csv': column volume, row 11501: '12,5' is not"):
+        source.read_file("krx", str(landing / "krx" / "big.csv"))

@@ -2,14 +2,16 @@
 
 Each file holds daily bars with at least the daily_prices columns (`source` optional). An
 optional `universe.csv` / `universe.parquet` in the same folder is the market's listing;
-without one the universe is every symbol seen in the files, listed from its first bar.
+without one the universe is every symbol seen in the files, listed from its first bar. A file
+that cannot be used as a whole (landing_files.py) is left out of every read and named in
+`rejected`; the landing sensor gives it a failed run of its own.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import fsspec
 import polars as pl
@@ -17,6 +19,7 @@ import polars as pl
 from marketpipe_assets.schemas import DAILY_PRICES, UNIVERSE, conform
 
 from .base import SourceError, SourceUnavailable
+from .landing_files import RejectedFile, SessionUniverse, read_landing_file, session_universe
 
 _SUFFIXES = (".csv", ".parquet")
 _UNIVERSE_STEM = "universe"
@@ -51,6 +54,8 @@ class FilesSource:
 
     landing_url: str = "data/landing"
     name: str = "files"
+    # The messages of the files the latest reads left out, one per file.
+    rejected: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def _fs_and_dir(self, market: str) -> tuple[fsspec.AbstractFileSystem, str]:
         fs, root = fsspec.core.url_to_fs(self.landing_url)
@@ -74,31 +79,48 @@ class FilesSource:
             name = path.rsplit("/", 1)[-1]
             if name.endswith(_SUFFIXES) and not name.startswith((".", "_", _UNIVERSE_STEM)):
                 stamp = info.get("mtime") or info.get("LastModified") or info.get("ETag") or ""
-                found.append({"path": path, "size": info.get("size"), "stamp": str(stamp)})
+                found.append(
+                    {
+                        "path": path,
+                        "name": path[len(folder.rstrip("/")) + 1 :],
+                        "size": info.get("size"),
+                        "stamp": str(stamp),
+                    }
+                )
         return found
 
     def read_file(self, market: str, path: str) -> pl.DataFrame:
+        """The file's bars; RejectedFile (a SourceError) saying what is wrong with it."""
         fs, _ = self._fs_and_dir(market)
-        raw = read_table_file(fs, path, what="MARKETPIPE_LANDING_URL")
-        if "source" not in raw.columns:
-            raw = raw.with_columns(source=pl.lit(self.name))
-        try:
-            return conform(raw, DAILY_PRICES, what=f"landing file {path!r}")
-        except ValueError as exc:
-            raise SourceError(str(exc)) from exc
+        return read_landing_file(fs, path, source=self.name)
+
+    def _usable_files(self, market: str):
+        """(entry, bars) of each landing file that can be read; the others go to `rejected`."""
+        self.rejected.clear()
+        for entry in self.files(market):
+            try:
+                yield entry, self.read_file(market, entry["path"])
+            except RejectedFile as exc:
+                self.rejected[entry["path"]] = str(exc)
 
     def sessions_in_file(self, market: str, path: str) -> list[dt.date]:
         dates = self.read_file(market, path)["trade_date"].drop_nulls().unique().sort()
         return dates.to_list()
 
-    def universe(self, market: str) -> pl.DataFrame:
-        self._require_folder(market)
+    def _universe_file(self, market: str) -> tuple[str, pl.DataFrame] | None:
         fs, folder = self._fs_and_dir(market)
         for suffix in _SUFFIXES:
             path = f"{folder}/{_UNIVERSE_STEM}{suffix}"
             if fs.exists(path):
                 frame = read_table_file(fs, path, what="MARKETPIPE_LANDING_URL universe")
-                return conform(frame, UNIVERSE, what=f"universe file {path!r}")
+                return path, conform(frame, UNIVERSE, what=f"universe file {path!r}")
+        return None
+
+    def universe(self, market: str) -> pl.DataFrame:
+        self._require_folder(market)
+        found = self._universe_file(market)
+        if found is not None:
+            return found[1]
         bars = self._all_bars(market)
         return (
             bars.group_by("symbol")
@@ -108,8 +130,15 @@ class FilesSource:
             .sort("symbol")
         )
 
+    def session_universe(
+        self, market: str, stored: pl.DataFrame | None, bars: pl.DataFrame
+    ) -> SessionUniverse:
+        """The universe landing `bars` are checked against (landing_files.session_universe)."""
+        _, folder = self._fs_and_dir(market)
+        return session_universe(market, folder, self._universe_file(market), stored, bars)
+
     def _all_bars(self, market: str) -> pl.DataFrame:
-        frames = [self.read_file(market, f["path"]) for f in self.files(market)]
+        frames = [bars for _, bars in self._usable_files(market)]
         return pl.concat(frames) if frames else pl.DataFrame(schema=DAILY_PRICES)
 
     def daily_bars(
@@ -118,8 +147,7 @@ class FilesSource:
         self._require_folder(market)
         wanted = set(sessions)
         frames = []
-        for entry in self.files(market):
-            bars = self.read_file(market, entry["path"])
+        for _, bars in self._usable_files(market):
             last = bars["trade_date"].max()
             # Rows without a date cannot be placed in a session. They travel with the file's
             # last session (date left null) so validation quarantines them instead of losing them.
