@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
+from checks.price_checks import COMPLETENESS
 from marketpipe_assets.automation import (
     LANDING_FILE_TAG,
     RANGE_END_TAG,
@@ -293,3 +294,98 @@ def test_a_bad_value_past_any_inference_window_names_its_row(landing):
     source = FilesSource(landing_url=str(landing))
     with pytest.raises(SourceError, match=r"big\.csv': column volume, row 11501: '12,5' is not"):
         source.read_file("krx", str(landing / "krx" / "big.csv"))
+
+
+# The universe landing sessions are checked against ---------------------------------------------
+def three_symbol_file(landing, symbols: list[str]) -> None:
+    day = bars([S[0]]).head(3).with_columns(symbol=pl.Series(symbols))
+    day.write_csv(landing / "krx" / "three.csv")
+
+
+def ingest(landing, lake, instance) -> tuple[dg.ExecuteInProcessResult, dg.AssetCheckEvaluation]:
+    """The sensor's tick and its one price run, against the deployment's synthetic settings."""
+    [request] = tick(landing, instance).run_requests
+    deployed = MarketDataResource(landing_url=str(landing), synthetic_symbols=20)
+    result = dg.materialize(
+        market_assets("krx", "daily_prices"),
+        instance=instance,
+        resources={"lake": lake, "market_data": deployed},
+        run_config=request.run_config,
+        tags=request.tags,
+        raise_on_error=False,
+    )
+    [completeness] = [
+        e for e in result.get_asset_check_evaluations() if e.check_name == COMPLETENESS
+    ]
+    return result, completeness
+
+
+def universe_rule(result) -> str:
+    [event] = result.get_asset_materialization_events()
+    return event.materialization.metadata["universe_rule"].value
+
+
+@pytest.fixture
+def demo_universe(lake, instance):
+    """What `make demo` leaves: the synthetic source's universe stored in the lake."""
+    synthetic = MarketDataResource(synthetic_symbols=20)
+    dg.materialize(
+        market_assets("krx", "universe"),
+        instance=instance,
+        resources={"lake": lake, "market_data": synthetic},
+    )
+    return lake.read_table("universe", "krx")
+
+
+def test_files_symbols_unknown_to_the_stored_universe_are_their_own_universe(
+    landing, lake, instance, demo_universe
+):
+    three_symbol_file(landing, ["900010", "900020", "900030"])
+    result, completeness = ingest(landing, lake, instance)
+    assert result.success and completeness.passed
+    rule = universe_rule(result)
+    assert "does not list 3 of the landing files' 3 symbols" in rule
+    assert "own 3 symbols are the universe" in rule
+    # For those sessions only: the stored universe is left as it was.
+    assert lake.read_table("universe", "krx").equals(demo_universe)
+
+
+def test_without_a_stored_universe_the_files_symbols_are_the_universe(landing, lake, instance):
+    three_symbol_file(landing, ["900010", "900020", "900030"])
+    result, completeness = ingest(landing, lake, instance)
+    assert result.success and completeness.passed
+    assert universe_rule(result).startswith("no krx/universe is stored")
+
+
+def test_a_partial_delivery_of_stored_symbols_says_which_file_to_provide(
+    landing, lake, instance, demo_universe
+):
+    three_symbol_file(landing, TICKERS[:3])  # synthetic symbols: the stored universe lists them
+    result, completeness = ingest(landing, lake, instance)
+    assert not completeness.passed
+    assert "stored krx/universe (20 symbols) lists every symbol" in universe_rule(result)
+    folder = landing / "krx"
+    assert f"drop the missing symbols' bars into {folder}/" in completeness.description
+    assert f"{folder}/universe.csv (symbol,name,listing_date,delisting_date)" in (
+        completeness.description
+    )
+
+
+def test_a_universe_file_in_the_landing_folder_is_the_universe(
+    landing, lake, instance, demo_universe
+):
+    three_symbol_file(landing, ["900010", "900020", "900030"])
+    listing = landing / "krx" / "universe.csv"
+    pl.DataFrame(
+        {
+            "symbol": ["900010", "900020", "900030", "900040"],
+            "name": ["a", "b", "c", "d"],
+            "listing_date": ["2020-01-02"] * 4,
+            "delisting_date": [None] * 4,
+        }
+    ).write_csv(listing)
+    result, completeness = ingest(landing, lake, instance)
+    assert universe_rule(result) == f"the landing folder's universe file {listing}"
+    assert not completeness.passed  # 3 of its 4 symbols delivered: 75%
+    assert "75.0%" in completeness.description
+    assert f"or correct {listing}" in completeness.description
