@@ -39,8 +39,10 @@ def read_table_file(fs: fsspec.AbstractFileSystem, path: str, *, what: str) -> p
                 schema_overrides={"symbol": pl.String},
             )
     except Exception as exc:
+        # The reader's first line says what it met; the lines after are its own API hints.
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise SourceError(
-            f"{what}: cannot read {path!r} as {path.rsplit('.', 1)[-1]}: {exc}. "
+            f"{what}: cannot read {path!r} as {path.rsplit('.', 1)[-1]}: {reason}. "
             "Fix or remove the file."
         ) from exc
 
