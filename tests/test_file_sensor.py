@@ -15,6 +15,7 @@ from marketpipe_assets.automation import (
     LANDING_FILE_TAG,
     RANGE_END_TAG,
     RANGE_START_TAG,
+    files_run_config,
     landing_file_sensor,
     rejected_file_job,
 )
@@ -389,3 +390,22 @@ def test_a_universe_file_in_the_landing_folder_is_the_universe(
     assert not completeness.passed  # 3 of its 4 symbols delivered: 75%
     assert "75.0%" in completeness.description
     assert f"or correct {listing}" in completeness.description
+
+
+def test_sessions_no_usable_file_holds_fail_completeness(landing, lake, instance, demo_universe):
+    bars(S[0:1]).drop("close").write_csv(landing / "krx" / "no_close.csv")
+    result = dg.materialize(
+        market_assets("krx", "daily_prices"),
+        instance=instance,
+        resources={"lake": lake, "market_data": MarketDataResource(landing_url=str(landing))},
+        run_config=files_run_config(MarketDataResource(landing_url=str(landing)), "krx"),
+        partition_key=S[0].isoformat(),
+        raise_on_error=False,
+    )
+    [completeness] = [
+        e for e in result.get_asset_check_evaluations() if e.check_name == COMPLETENESS
+    ]
+    assert not completeness.passed and "0.0%" in completeness.description
+    assert f"drop files with these sessions' bars into {landing / 'krx'}/" in (
+        completeness.description
+    )

@@ -1,4 +1,5 @@
-"""Reading one landing file of daily bars, and saying in plain words why a file cannot be used.
+"""Reading one landing file of daily bars, saying in plain words why a file cannot be used, and
+the universe that landing sessions are measured against.
 
 A file is rejected as a whole (RejectedFile, a SourceError) when it cannot be read, lacks a
 required column, holds no bars, or has a value that is no number or no date where one must be:
@@ -161,6 +162,13 @@ def session_universe(
             f"{add_bars}, or correct {path} if they were not listed on those sessions",
         )
     symbols = bars["symbol"].drop_nulls().unique().sort()
+    if symbols.is_empty() and stored is not None:
+        # Own symbols of no bars would be an empty universe, and an empty session "complete".
+        return SessionUniverse(
+            stored,
+            f"the stored {market}/universe: no landing file holds a bar of these sessions",
+            f"drop files with these sessions' bars into {folder}/",
+        )
     unknown = symbols if stored is None else symbols.filter(~symbols.is_in(stored["symbol"]))
     if stored is not None and unknown.is_empty() and not symbols.is_empty():
         return SessionUniverse(
