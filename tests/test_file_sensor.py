@@ -224,6 +224,13 @@ BAD_FILES = {
         "row 2 has 8 fields but the header has 7",
     ),
     "x.parquet": (lambda path: path.write_bytes(os.urandom(256)), "not readable parquet"),
+    "cp949.csv": (
+        lambda path: path.write_bytes(
+            "symbol,trade_date,open,high,low,close,volume,name\n"
+            "005930,2025-09-08,1,2,0.5,1.5,10,삼성전자\n".encode("cp949")
+        ),
+        "line 2 is not UTF-8 text",
+    ),
     "weekend.csv": (lambda path: bars([dt.date(2025, 9, 6)]).write_csv(path), "XKRX session"),
 }
 

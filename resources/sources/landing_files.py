@@ -74,17 +74,27 @@ def _read_as_text(fs: fsspec.AbstractFileSystem, path: str) -> pl.DataFrame:
 
 
 def _unreadable(fs: fsspec.AbstractFileSystem, path: str, exc: Exception) -> str:
+    if isinstance(exc, OSError):
+        return f"the file cannot be opened ({exc.strerror or type(exc).__name__})"
     if path.endswith(".parquet"):
         return "the file is not readable parquet (damaged, cut short or another format)"
     if isinstance(exc, pl.exceptions.NoDataError):
         return "the file is empty; it needs a header row and one row per bar"
-    with fs.open(path, "rb") as fh:
-        lines = io.TextIOWrapper(fh, encoding="utf-8", errors="replace", newline="")
-        rows = csv.reader(lines)
-        header = next(rows, [])
-        for number, row in enumerate(rows, start=1):
-            if row and len(row) != len(header):
-                return f"row {number} has {len(row)} fields but the header has {len(header)}"
+    try:
+        with fs.open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as again:
+        return f"the file cannot be opened ({again.strerror or type(again).__name__})"
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        line = data[: bad.start].count(b"\n") + 1
+        return f"line {line} is not UTF-8 text (e.g. saved as CP949 or Latin-1); save it as UTF-8"
+    rows = csv.reader(io.StringIO(text, newline=""))
+    header = next(rows, [])
+    for number, row in enumerate(rows, start=1):
+        if row and len(row) != len(header):
+            return f"row {number} has {len(row)} fields but the header has {len(header)}"
     return "the file is not readable CSV (an unclosed quote or a broken line)"
 
 
