@@ -172,8 +172,10 @@ def landing_file_sensor(market: str) -> dg.SensorDefinition:
                 blocks = contiguous_blocks(market, files.sessions_in_file(market, entry["path"]))
                 if not blocks:
                     raise rejected_file(entry["path"], _no_sessions(market))
-            except SourceError as exc:
-                requests.append(_rejection(rejected_job, entry, str(exc)))
+            except Exception as exc:
+                # Whatever a file holds, it must not stop the sensor from serving the others.
+                problem = exc if isinstance(exc, SourceError) else _unforeseen(entry, exc)
+                requests.append(_rejection(rejected_job, entry, str(problem)))
                 states[name] = {**state, "status": "rejected"}
                 continue
             for first, last in blocks:
@@ -206,6 +208,13 @@ def _rejection(job: dg.JobDefinition, entry: dict, problem: str) -> dg.RunReques
         run_key=f"{name}:{entry['stamp']}",
         run_config={"ops": {"reject_landing_file": {"config": {"file": name, "problem": problem}}}},
         tags={LANDING_FILE_TAG: name},
+    )
+
+
+def _unforeseen(entry: dict, exc: Exception) -> SourceError:
+    first_line = (str(exc).strip().splitlines() or [""])[0]
+    return rejected_file(
+        entry["path"], f"the file could not be read ({type(exc).__name__}: {first_line})"
     )
 
 

@@ -416,3 +416,12 @@ def test_sessions_no_usable_file_holds_fail_completeness(landing, lake, instance
     assert f"drop files with these sessions' bars into {landing / 'krx'}/" in (
         completeness.description
     )
+
+
+def test_a_parquet_file_of_unexpected_types_is_rejected_not_a_crashed_tick(landing, instance):
+    nested = bars(S[0:1]).with_columns(close=pl.concat_list("close", "open"))
+    nested.write_parquet(landing / "krx" / "nested.parquet")
+    [request] = tick(landing, instance).run_requests
+    assert request.job_name == "krx_landing_file_rejected"
+    message = failure_message(request, instance)
+    assert "nested.parquet': column close holds List(Float64) values, not numbers" in message

@@ -108,6 +108,16 @@ def _problems(raw: pl.DataFrame) -> str:
         )
     if raw.is_empty():
         return "the file holds no bars, only a header"
+    wrong_types = [
+        f"column {c} holds {raw[c].dtype} values, not {kind}"
+        for c, kind, fits in [
+            *((c, "numbers", raw[c].dtype.is_numeric()) for c in NUMBERS),
+            ("trade_date", "dates", raw["trade_date"].dtype.is_temporal()),
+        ]
+        if not fits and raw[c].dtype not in (pl.String, pl.Null)
+    ]
+    if wrong_types:
+        return "; ".join(wrong_types)
     found = [
         *(_first_bad(raw[c], _numbers(raw[c]), "is not a number") for c in NUMBERS),
         _first_bad(raw["trade_date"], _dates(raw["trade_date"]), "is not a date (YYYY-MM-DD)"),
