@@ -89,6 +89,13 @@ def deployment(tmp_path_factory, twelvedata):
         yield running
 
 
+@pytest.fixture(scope="module")
+def krx_universe(deployment):
+    """krx/universe materialized from the UI (after the quiet-start test has looked)."""
+    run = deployment.graphql.launch_run([["krx", "universe"]])
+    assert deployment.wait_for_run(run, RUN_TIMEOUT) == "SUCCESS"
+
+
 def runs_of(deployment: Deployment, job: str) -> list[dict]:
     return [r for r in deployment.graphql.runs() if r["jobName"] == job]
 
@@ -162,11 +169,8 @@ def test_nothing_runs_at_start(deployment):
     assert graphql.backfills() == []
 
 
-def test_a_ten_session_backfill_gets_indicators_with_no_further_action(deployment):
+def test_a_ten_session_backfill_gets_indicators_with_no_further_action(deployment, krx_universe):
     graphql = deployment.graphql
-    universe = graphql.launch_run([["krx", "universe"]])
-    assert deployment.wait_for_run(universe, RUN_TIMEOUT) == "SUCCESS"
-
     sessions = recent_sessions("krx", 10)
     backfill = graphql.launch_backfill([["krx", "daily_prices"]], sessions)
     indicators = ["krx", "indicators"]
@@ -200,10 +204,10 @@ def test_a_ten_session_backfill_gets_indicators_with_no_further_action(deploymen
     "files still ingested) is built on branch `sensors`",
     strict=False,
 )
-def test_a_landing_file_is_stored_and_followed_while_a_malformed_one_is_reported(deployment):
+def test_a_landing_file_is_stored_and_followed_while_a_malformed_one_is_reported(
+    deployment, krx_universe
+):
     graphql = deployment.graphql
-    if not materialized(deployment, ["krx", "daily_prices"], recent_sessions("krx", 1)):
-        pytest.skip("needs the universe and backfill of the previous test")
     # A session before the backfilled ten, so its run is this file's alone.
     day = dt.date.fromisoformat(recent_sessions("krx", 15)[0])
     lake = LakeResource(url=str(deployment.lake))
