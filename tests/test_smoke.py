@@ -1,7 +1,6 @@
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import pytest
 from marketpipe_assets.schemas import DAILY_PRICES, INDICATORS
 from resources.lake import LakeResource
 from tests.conftest import materialize, recent_sessions
+from tests.deployment import clean_env, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,26 +34,6 @@ def test_one_session_materializes_with_passing_checks(with_universe, lake, marke
 
 
 # The commands as users run them ----------------------------------------------------------------
-def clean_env(tmp_path: Path, **settings: str) -> dict[str, str]:
-    """The caller's environment without marketpipe or Dagster settings, plus a temporary
-    instance, lake, landing folder and spool, plus `settings`."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("MARKETPIPE_", "DAGSTER_")) or k == "MARKETPIPE_CACHE_DIR"
-    }
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    env |= {
-        "DAGSTER_HOME": str(home),
-        "MARKETPIPE_LAKE_URL": str(tmp_path / "lake"),
-        "MARKETPIPE_LANDING_URL": str(tmp_path / "landing"),
-        "MARKETPIPE_SPOOL_DIR": str(tmp_path / "spool"),
-        **settings,
-    }
-    return env
-
-
 @pytest.mark.xdist_group("cli")
 def test_demo_prints_a_short_summary_and_no_dagster_stream(tmp_path):
     env = clean_env(tmp_path, MARKETPIPE_SYNTHETIC_SYMBOLS="30")
@@ -96,12 +76,6 @@ def test_demo_prints_a_short_summary_and_no_dagster_stream(tmp_path):
         key = dg.AssetKey(["krx", "daily_prices"])
         assert len(instance.get_materialized_partitions(key)) == 20
         assert instance.all_logs(runs[0].run_id), "no events stored"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.xdist_group("ui")
