@@ -35,10 +35,9 @@ def counts_table(counts: Mapping[str, int], key: str, value: str = "rows") -> dg
 
 def failures_table(failures: Sequence[Mapping[str, str]]) -> dg.MetadataValue:
     """The sources of a fallback chain that could not serve, and why (never a secret)."""
-    schema = dg.TableSchema(
-        columns=[dg.TableColumn("source", "string"), dg.TableColumn("reason", "string")]
-    )
-    records = [dg.TableRecord({"source": f["source"], "reason": f["reason"]}) for f in failures]
+    names = ("source", "error", "reason")
+    schema = dg.TableSchema(columns=[dg.TableColumn(name, "string") for name in names])
+    records = [dg.TableRecord({name: str(f.get(name, "")) for name in names}) for f in failures]
     return dg.MetadataValue.table(records, schema=schema)
 
 

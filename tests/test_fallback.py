@@ -3,6 +3,7 @@
 (`source_failures`), and that no secret reaches the run's metadata or logs on the way."""
 
 import json
+from collections import Counter
 
 import dagster as dg
 import polars as pl
@@ -17,6 +18,7 @@ from resources.sources.files import FilesSource
 from resources.sources.synthetic import SyntheticSource
 from tests.conftest import SYMBOLS, materialize, recent_sessions
 from tests.fakes.server import FakeProvider, Reply, Request
+from tests.metadata_values import by_partition, counts, plain
 
 KRX_KEY = "krx-auth-8d1f+Q/secret="
 SESSIONS = recent_sessions("krx", 3)
@@ -66,14 +68,15 @@ def store_universe(market_data, lake, instance) -> None:
 
 
 def metadata(result: dg.ExecuteInProcessResult) -> dict:
-    """The daily_prices materialization metadata (the same on every partition of a range run)."""
-    events = [
-        e
-        for e in result.get_asset_materialization_events()
-        if e.asset_key == dg.AssetKey(["krx", "daily_prices"])
-    ]
-    assert {e.partition for e in events} == set(SESSIONS)
-    return {k: v.value for k, v in events[0].materialization.metadata.items()}
+    """The daily_prices metadata of the range run: the run's values (on every partition) with
+    `rows_by_source` summed over the partitions, each of which carries its own."""
+    partitions = by_partition(result, dg.AssetKey(["krx", "daily_prices"]))
+    assert set(partitions) == set(SESSIONS)
+    by_source = Counter()
+    for meta in partitions.values():
+        by_source.update(counts(meta["rows_by_source"]))
+    first = {k: plain(v) for k, v in partitions[SESSIONS[0]].items()}
+    return {**first, "rows_by_source": dict(by_source)}
 
 
 def stored(lake) -> pl.DataFrame:
@@ -163,6 +166,7 @@ def test_delivered_files_serve_first_and_nothing_is_recorded_as_failed(tmp_path,
     assert set(rows["source"]) == {"files"}
     meta = metadata(result)
     assert meta["rows_by_source"] == {"files": len(rows)}
+    assert meta["range_rows"] == len(rows)  # the range's total, named as such
     assert meta["source_failures"] == []
 
 
