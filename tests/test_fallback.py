@@ -3,7 +3,6 @@
 (`source_failures`), and that no secret reaches the run's metadata or logs on the way."""
 
 import json
-from collections import Counter
 
 import dagster as dg
 import polars as pl
@@ -18,7 +17,7 @@ from resources.sources.files import FilesSource
 from resources.sources.synthetic import SyntheticSource
 from tests.conftest import SYMBOLS, materialize, recent_sessions
 from tests.fakes.server import FakeProvider, Reply, Request
-from tests.metadata_values import by_partition, counts, plain
+from tests.metadata_values import by_partition, run_metadata
 
 KRX_KEY = "krx-auth-8d1f+Q/secret="
 SESSIONS = recent_sessions("krx", 3)
@@ -68,15 +67,9 @@ def store_universe(market_data, lake, instance) -> None:
 
 
 def metadata(result: dg.ExecuteInProcessResult) -> dict:
-    """The daily_prices metadata of the range run: the run's values (on every partition) with
-    `rows_by_source` summed over the partitions, each of which carries its own."""
-    partitions = by_partition(result, dg.AssetKey(["krx", "daily_prices"]))
-    assert set(partitions) == set(SESSIONS)
-    by_source = Counter()
-    for meta in partitions.values():
-        by_source.update(counts(meta["rows_by_source"]))
-    first = {k: plain(v) for k, v in partitions[SESSIONS[0]].items()}
-    return {**first, "rows_by_source": dict(by_source)}
+    """The daily_prices metadata of the range run, each partition's facts summed."""
+    assert set(by_partition(result, dg.AssetKey(["krx", "daily_prices"]))) == set(SESSIONS)
+    return run_metadata(result, dg.AssetKey(["krx", "daily_prices"]))
 
 
 def stored(lake) -> pl.DataFrame:
