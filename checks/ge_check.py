@@ -102,9 +102,8 @@ def ge_asset_check(market: str) -> dg.AssetChecksDefinition:
             name=GREAT_EXPECTATIONS,
             blocking=False,
             partitions_def=partitions_def(market),
-            # Runs on its own after new prices (the scheduled job leaves it out, so daily runs
-            # do not pay GE's 3 s import); an asset materialized from the UI includes it.
-            automation_condition=dg.AutomationCondition.eager(),
+            # No automation of its own: every run of the prices (the UI's Materialize, the
+            # daily job, the landing sensor, the demo) includes it.
             description="Great Expectations, running the suite generated from the rulebook on "
             "the stored and quarantined rows of the checked sessions, counts as many rows "
             "breaking each rule as the quarantine recorded.",

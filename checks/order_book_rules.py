@@ -197,7 +197,7 @@ def order_book_check_specs(asset_key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
             SNAPSHOT_COVERAGE,
             asset=asset_key,
             blocking=True,
-            description=f"Each session has >= {COVERAGE_THRESHOLD:.0%} of the snapshots "
+            description=f"Each session has >= {100 * COVERAGE_THRESHOLD:g}% of the snapshots "
             "expected: symbols active that day x capture slots of the session.",
         ),
     ]
@@ -219,7 +219,7 @@ def coverage_by_session(
     interval_minutes: int,
 ) -> pl.DataFrame:
     """Per session: snapshots of active symbols stored, expected (active symbols x capture
-    slots) and their ratio."""
+    slots) and the share of the second stored, in percent."""
     sessions = sorted(sessions)
     snapshots = stored.filter(pl.col("level") == 1).select("symbol", "trade_date")
     counts = completeness_by_session(snapshots, universe, sessions)
@@ -229,29 +229,32 @@ def coverage_by_session(
         .with_columns(slots=pl.Series(slots, dtype=pl.Int64))
         .with_columns(expected=pl.col("active") * pl.col("slots"))
         .with_columns(
-            coverage=pl.when(pl.col("expected") > 0)
-            .then(pl.col("snapshots") / pl.col("expected"))
-            .otherwise(1.0)  # nothing was expected that day
-            .round(4)
+            coverage_pct=pl.when(pl.col("expected") > 0)
+            .then(100 * pl.col("snapshots") / pl.col("expected"))
+            .otherwise(100.0)  # nothing was expected that day
+            .round(2)
         )
     )
 
 
 def coverage_result(by_session: pl.DataFrame) -> dg.AssetCheckResult:
-    short = by_session.filter(pl.col("coverage") < COVERAGE_THRESHOLD)
-    lowest = float(by_session["coverage"].min()) if len(by_session) else 1.0
-    listed = ", ".join(f"{d} {c:.1%}" for d, c in short.select("trade_date", "coverage").rows())
+    threshold = 100 * COVERAGE_THRESHOLD
+    short = by_session.filter(pl.col("coverage_pct") < threshold)
+    lowest = float(by_session["coverage_pct"].min()) if len(by_session) else 100.0
+    listed = ", ".join(
+        f"{d} {c:.2f}%" for d, c in short.select("trade_date", "coverage_pct").rows()
+    )
     return dg.AssetCheckResult(
         check_name=SNAPSHOT_COVERAGE,
         passed=short.is_empty(),
         description=(
-            f"{len(short)} session(s) below {COVERAGE_THRESHOLD:.0%} snapshot coverage: {listed}"
+            f"{len(short)} session(s) below {threshold:g}% snapshot coverage: {listed}"
             if len(short)
-            else f"every session has >= {COVERAGE_THRESHOLD:.0%} of its expected snapshots"
+            else f"every session has >= {threshold:g}% of its expected snapshots"
         ),
         metadata={
-            "threshold": COVERAGE_THRESHOLD,
-            "min_coverage": lowest,
+            "threshold_pct": threshold,
+            "min_coverage_pct": lowest,
             "by_session": dg.MetadataValue.md(markdown_table(by_session, limit=20)),
         },
     )

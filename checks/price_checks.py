@@ -25,6 +25,8 @@ from .rulebook import (
 PRICE_RELATIONSHIPS = "price_relationships"
 COMPLETENESS = "completeness"
 SUSPICIOUS_JUMPS = "suspicious_jumps"
+# The completeness rule in percent, the unit every figure of it is shown in.
+THRESHOLD_PCT = 100 * COMPLETENESS_THRESHOLD
 
 
 def daily_price_check_specs(asset_key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
@@ -40,7 +42,7 @@ def daily_price_check_specs(asset_key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
             COMPLETENESS,
             asset=asset_key,
             blocking=True,
-            description=f"Each session has stored bars for >= {COMPLETENESS_THRESHOLD:.0%} of the "
+            description=f"Each session has stored bars for >= {THRESHOLD_PCT:g}% of the "
             "symbols active that day.",
         ),
         dg.AssetCheckSpec(
@@ -81,7 +83,8 @@ def rules_result(
 def completeness_by_session(
     stored: pl.DataFrame, universe: pl.DataFrame, sessions: list[dt.date]
 ) -> pl.DataFrame:
-    """Per session: active symbols, symbols with a stored bar, and their ratio.
+    """Per session: active symbols, symbols with a stored bar, and the share of the first
+    with the second in percent (`completeness_pct`: percent in metadata, text and logs alike).
 
     Active counts come from sorted listing and delisting dates (no sessions x symbols cross
     join); stored rows are unique per (symbol, date) after validation, so they are counted as is.
@@ -107,10 +110,10 @@ def completeness_by_session(
         .join(have, on="trade_date", how="left")
         .with_columns(pl.col("active", "stored").fill_null(0).cast(pl.Int64))
         .with_columns(
-            completeness=pl.when(pl.col("active") > 0)
-            .then(pl.col("stored") / pl.col("active"))
-            .otherwise(1.0)  # nothing was expected that day
-            .round(4)
+            completeness_pct=pl.when(pl.col("active") > 0)
+            .then(100 * pl.col("stored") / pl.col("active"))
+            .otherwise(100.0)  # nothing was expected that day
+            .round(2)
         )
         .sort("trade_date")
     )
@@ -120,20 +123,19 @@ def completeness_result(
     by_session: pl.DataFrame, *, remedy: str | None = None
 ) -> dg.AssetCheckResult:
     """`remedy`, when given, ends a failing description: what to provide to complete it."""
-    below = by_session.filter(pl.col("completeness") < COMPLETENESS_THRESHOLD)
-    partial = by_session.filter(
-        (pl.col("completeness") >= COMPLETENESS_THRESHOLD) & (pl.col("completeness") < 1)
-    )
-    worst = by_session["completeness"].min() if len(by_session) else 1.0
+    pct = pl.col("completeness_pct")
+    below = by_session.filter(pct < THRESHOLD_PCT)
+    partial = by_session.filter((pct >= THRESHOLD_PCT) & (pct < 100))
+    worst = float(by_session["completeness_pct"].min()) if len(by_session) else 100.0
     if len(below):
-        description = f"{len(below)} session(s) below {COMPLETENESS_THRESHOLD:.0%}: " + ", ".join(
-            f"{d} {c:.1%}" for d, c in below.select("trade_date", "completeness").rows()[:10]
+        description = f"{len(below)} session(s) below {THRESHOLD_PCT:g}%: " + ", ".join(
+            f"{d} {c:.2f}%" for d, c in below.select("trade_date", pct).rows()[:10]
         )
         description += f"; {remedy}" if remedy else ""
     elif len(partial):
         description = (
             f"accepted: {len(partial)} session(s) have missing symbols but are >= "
-            f"{COMPLETENESS_THRESHOLD:.0%} complete (worst {worst:.2%})"
+            f"{THRESHOLD_PCT:g}% complete (worst {worst:.2f}%)"
         )
     else:
         description = "every active symbol has a stored bar in every session"
@@ -142,8 +144,8 @@ def completeness_result(
         passed=below.is_empty(),
         description=description,
         metadata={
-            "threshold": COMPLETENESS_THRESHOLD,
-            "min_completeness": float(worst),
+            "threshold_pct": THRESHOLD_PCT,
+            "min_completeness_pct": worst,
             "sessions_below_threshold": [d.isoformat() for d in below["trade_date"]],
             "sessions_accepted_with_missing_rows": len(partial),
             "missing_symbol_days": int((by_session["active"] - by_session["stored"]).sum()),

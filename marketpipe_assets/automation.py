@@ -10,13 +10,11 @@ from functools import cache
 
 import dagster as dg
 
-from checks.ge_check import GREAT_EXPECTATIONS
 from resources.market_data import MarketDataResource
 from resources.sources.base import SourceError
 from resources.sources.files import FilesSource
 from resources.sources.landing_files import rejected_file
 
-from .freshness import SYMBOL_FRESHNESS
 from .markets import MARKETS, all_sessions, is_session, partitions_def
 
 # Dagster's tags for a single run over a partition range (what the CLI's --partition-range sets).
@@ -30,15 +28,9 @@ LANDING_FILE_TAG = "marketpipe/landing_file"
 def price_job(market: str):
     return dg.define_asset_job(
         f"{market}_daily_prices",
-        # Prices with their inline checks; the GE cross-check (checks/ge_check.py) and the
-        # morning freshness check (freshness.py) run on their own.
-        selection=dg.AssetSelection.assets([market, "daily_prices"])
-        - dg.AssetSelection.checks(
-            *(
-                dg.AssetCheckKey(dg.AssetKey([market, "daily_prices"]), check)
-                for check in (GREAT_EXPECTATIONS, SYMBOL_FRESHNESS)
-            )
-        ),
+        # The asset with every check of it, as the UI's Materialize runs it: the inline checks,
+        # the GE cross-check and symbol freshness, each judging the run's own sessions.
+        selection=dg.AssetSelection.assets([market, "daily_prices"]),
         partitions_def=partitions_def(market),
         description=f"Ingest and check {market.upper()} daily prices for one session or a range.",
     )

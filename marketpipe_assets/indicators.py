@@ -11,7 +11,7 @@ from resources.lake import LakeResource
 
 from .declarative import after_checked_inputs
 from .markets import partition_dates, partitions_def
-from .metadata import preview
+from .metadata import session_metadata
 from .schemas import DAILY_PRICES, INDICATOR_COLUMNS, INDICATORS
 
 HISTORY_COLUMNS = ["symbol", "trade_date", "high", "low", "close", "volume"]
@@ -126,12 +126,15 @@ def indicators_asset(market: str) -> dg.AssetsDefinition:
         in_run = values.filter(pl.col("trade_date").is_between(first, max(sessions)))
         return dg.MaterializeResult(
             metadata={
-                "rows": len(in_run),
-                "sessions": len(sessions),
+                **session_metadata(
+                    context,
+                    sessions,
+                    counts={"rows": in_run},
+                    uri=lake.uri(lake.market_dir("indicators", market)),
+                    shown=in_run.drop_nulls().tail(10),
+                ),
                 "later_sessions_refreshed": len(later),
                 "history_rows_read": len(history),
-                "path": lake.uri(lake.market_dir("indicators", market)),
-                **preview(in_run.drop_nulls().tail(10), sessions),
             }
         )
 

@@ -17,7 +17,7 @@ from resources.market_data import MarketDataResource
 from resources.sources.base import FallbackSource, intraday_bars
 
 from .markets import partition_dates, partitions_def
-from .metadata import preview
+from .metadata import session_metadata
 from .prices import load_universe, provider_pool
 from .retries import provider_retries
 from .schemas import INTRADAY_BARS, conform
@@ -64,15 +64,15 @@ def intraday_bars_asset(market: str) -> dg.AssetsDefinition:
         by_session = completeness_by_session(present, universe, sessions)
         counts = bar_counts(stored, market, sessions)
         yield dg.MaterializeResult(
-            metadata={
-                "rows": len(stored),
-                "quarantined": len(quarantined),
-                "sessions": len(sessions),
-                "completeness": float(by_session["completeness"].min()),
-                "source_failures": dg.MetadataValue.json(failures),
-                "path": lake.uri(lake.market_dir("intraday_bars", market)),
-                **preview(stored, sessions),
-            },
+            metadata=session_metadata(
+                context,
+                sessions,
+                counts={"rows": stored, "quarantined": quarantined},
+                percents=by_session.select("trade_date", "completeness_pct"),
+                failures=failures,
+                uri=lake.uri(lake.market_dir("intraday_bars", market)),
+                shown=stored,
+            ),
             check_results=[
                 intraday_rules_result(stored, validated, market, sessions),
                 intraday_completeness_result(by_session),

@@ -38,7 +38,7 @@ from .markets import (
     previous_session,
     session_bounds,
 )
-from .metadata import preview
+from .metadata import run_totals, session_metadata
 from .prices import provider_pool
 from .retries import provider_retries
 from .schemas import OPTION_CHAIN_VENDOR, OPTION_CHAINS, conform, quarantine_schema
@@ -267,20 +267,26 @@ def option_chains_asset() -> dg.AssetsDefinition:
         )
         yield dg.MaterializeResult(
             metadata={
-                "rows": len(done.stored),
-                "quarantined": len(done.quarantined),
+                **session_metadata(
+                    context,
+                    sessions,
+                    counts={"rows": done.stored, "quarantined": done.quarantined},
+                    failures=failures,
+                    uri=lake.uri(lake.market_dir(DATASET, "us")),
+                    shown=done.stored,
+                    column="quote_date",
+                ),
                 "underlyings": len(underlyings),
-                "sessions": len(sessions),
                 "source": served_by,
-                "source_failures": dg.MetadataValue.json(failures),
-                "volume_missing": done.stored["volume"].null_count(),
                 # Of all fetched contracts: IVs kept as the vendor sent them, solved from the mid
                 # (vendor's absent, 0 or out of range), and neither (quarantined by the rules).
-                "iv_vendor": done.iv_counts["vendor"],
-                "iv_solved": done.iv_counts["solved"],
-                "iv_unsolved": done.iv_counts["unsolved"],
-                "path": lake.uri(lake.market_dir(DATASET, "us")),
-                **preview(done.stored, sessions),
+                **run_totals(
+                    sessions,
+                    volume_missing=done.stored["volume"].null_count(),
+                    iv_vendor=done.iv_counts["vendor"],
+                    iv_solved=done.iv_counts["solved"],
+                    iv_unsolved=done.iv_counts["unsolved"],
+                ),
             },
             check_results=done.check_results,
         )

@@ -27,7 +27,7 @@ from resources.sources.base import ConfigurationError, SourceUnavailable
 from resources.sources.books import order_book_history
 
 from .markets import partition_dates, partitions_def
-from .metadata import preview
+from .metadata import session_metadata
 from .prices import load_universe, provider_pool
 from .retries import provider_retries
 from .schemas import ORDER_BOOK_LEVELS, ORDER_BOOKS
@@ -128,16 +128,25 @@ def order_books_asset(market: str) -> dg.AssetsDefinition:
         by_session = coverage_by_session(stored, universe, market, sessions, interval)
         yield dg.MaterializeResult(
             metadata={
-                "rows": len(stored),
-                "snapshots": len(stored) // ORDER_BOOK_LEVELS,
-                "quarantined_rows": len(quarantined),
-                "sessions": len(sessions),
-                "sessions_from_capture": len(captured_days),
-                "sessions_from_source_history": len(missing_days),
+                **session_metadata(
+                    context,
+                    sessions,
+                    counts={
+                        "rows": stored,
+                        "snapshots": stored.filter(pl.col("level") == 1),
+                        "quarantined_rows": quarantined,
+                    },
+                    percents=by_session.select(
+                        "trade_date",
+                        "coverage_pct",
+                        snapshots_from=pl.when(pl.col("trade_date").is_in(captured_days))
+                        .then(pl.lit("capture"))
+                        .otherwise(pl.lit("source history")),
+                    ),
+                    uri=lake.uri(lake.market_dir(DATASET, market)),
+                    shown=stored,
+                ),
                 "interval_minutes": interval,
-                "coverage": float(by_session["coverage"].min()),
-                "path": lake.uri(lake.market_dir(DATASET, market)),
-                **preview(stored, sessions),
             },
             check_results=[
                 order_book_rules_result(stored, validated, market, sessions),

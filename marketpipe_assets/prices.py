@@ -21,7 +21,7 @@ from resources.sources.base import FallbackSource
 from resources.sources.files import FilesSource, SessionUniverse
 
 from .markets import MARKETS, partition_dates, partitions_def, previous_session
-from .metadata import markdown_table, preview
+from .metadata import markdown_table, path_value, session_metadata
 from .retries import provider_retries
 from .schemas import DAILY_PRICES, UNIVERSE, conform
 
@@ -50,12 +50,12 @@ def universe_asset(market: str) -> dg.AssetsDefinition:
     def universe(lake: LakeResource, market_data: MarketDataResource) -> dg.MaterializeResult:
         """Every symbol listed on the market over time, with listing and delisting dates."""
         frame = market_data.universe(market).unique("symbol", keep="last").sort("symbol")
-        path = lake.write_table("universe", market, frame)
+        location = lake.write_table("universe", market, frame)
         return dg.MaterializeResult(
             metadata={
                 "symbols": len(frame),
                 "active": frame.filter(pl.col("delisting_date").is_null()).height,
-                "path": lake.uri(path),
+                "path": path_value(lake.uri(location)),
                 "preview": dg.MetadataValue.md(markdown_table(frame)),
             }
         )
@@ -127,19 +127,24 @@ def daily_prices_asset(market: str) -> dg.AssetsDefinition:
 
         by_session = completeness_by_session(stored, universe, sessions)
         previous = _previous_stored(lake, market, min(sessions))
-        sources = stored["source"].value_counts().rows() if len(stored) else []
         yield dg.MaterializeResult(
             metadata={
-                "rows": len(stored),
-                "quarantined": len(quarantined),
-                "halted": int(stored.select(HALTED.sum()).item() or 0),  # stored, flat, volume 0
-                "sessions": len(sessions),
-                "completeness": float(by_session["completeness"].min()),
-                "rows_by_source": {name: int(n) for name, n in sources},
-                "source_failures": dg.MetadataValue.json(failures),
+                **session_metadata(
+                    context,
+                    sessions,
+                    # halted: stored, flat, volume 0.
+                    counts={
+                        "rows": stored,
+                        "quarantined": quarantined,
+                        "halted": stored.filter(HALTED),
+                    },
+                    percents=by_session.select("trade_date", "completeness_pct"),
+                    by_source=stored,
+                    failures=failures,
+                    uri=lake.uri(lake.market_dir("daily_prices", market)),
+                    shown=stored,
+                ),
                 **({"universe_rule": checked_against.rule} if checked_against else {}),
-                "path": lake.uri(lake.market_dir("daily_prices", market)),
-                **preview(stored, sessions),
             },
             check_results=[
                 price_relationships_result(stored, validated),

@@ -38,7 +38,7 @@ from resources.lake import PART_FILE, LakeResource
 from resources.trade_spool import read_unflushed
 
 from .markets import MARKETS, all_sessions, session_bounds, sessions_between
-from .metadata import markdown_table
+from .metadata import counts_by_session, markdown_table, path_value, per_session, run_totals
 from .schemas import TRADE_AGGREGATES, TRADES
 
 DATASET = "trade_aggregates"
@@ -86,6 +86,10 @@ _BATCH_NAME = re.compile(r"batch-(\d+)-(\d+)\.parquet$")
 
 
 # Hours and their partitions --------------------------------------------------------------------
+# A trade's hour partition key, as hour_key writes it (trade times are UTC).
+HOUR_KEY_OF_TRADE = pl.col("ts").dt.truncate("1h").dt.strftime(KEY_FORMAT)
+
+
 def hour_key(hour: dt.datetime) -> str:
     return hour.astimezone(dt.UTC).strftime(KEY_FORMAT)
 
@@ -409,13 +413,24 @@ def trade_aggregates_asset(market: str) -> dg.AssetsDefinition:
         minutes = pl.concat([b.minutes for b in built])
         yield dg.MaterializeResult(
             metadata={
-                "hours": len(hours),
-                "trades": len(validated.clean),
-                "volume": float(validated.clean["size"].sum()),
-                "symbols": hourly["symbol"].n_unique(),
-                "quarantined_trades": len(validated.quarantined),
-                "batch_files_read": sum(b.batch_files for b in built),
-                "path": lake.uri(lake.market_dir(DATASET, market)),
+                **per_session(
+                    context,
+                    counts_by_session(
+                        [hour_key(h) for h in hours],
+                        "hour",
+                        trades=validated.clean.select(hour=HOUR_KEY_OF_TRADE),
+                        quarantined_trades=validated.quarantined.select(hour=HOUR_KEY_OF_TRADE),
+                    ),
+                    "hour",
+                    unit="hours",
+                ),
+                **run_totals(
+                    hours,
+                    volume=float(validated.clean["size"].sum()),
+                    symbols=hourly["symbol"].n_unique(),
+                    batch_files_read=sum(b.batch_files for b in built),
+                ),
+                "path": path_value(lake.uri(lake.market_dir(DATASET, market))),
                 **(
                     {"preview": dg.MetadataValue.md(markdown_table(hourly))}
                     if len(hours) == 1

@@ -25,6 +25,7 @@ from resources.warehouse import (
 
 from .declarative import after_checked_inputs
 from .markets import MARKETS, partition_dates, partitions_def
+from .metadata import counts_table, run_totals
 
 WAREHOUSE_URL_VARIABLE = "MARKETPIPE_WAREHOUSE_URL"
 MATCHES_LAKE = "matches_lake"
@@ -124,12 +125,15 @@ def warehouse_asset(market: str) -> dg.AssetsDefinition:
         view_rows = warehouse.refresh_views()
         return dg.MaterializeResult(
             metadata={
-                **{f"{table}_rows": load.rows(table) for table in TABLES},
-                **{f"{table}_rows_replaced": n for table, n in load.deleted.items()},
-                "sessions": len(load.sessions),
+                **run_totals(
+                    load.sessions,
+                    **{f"{table}_rows": load.rows(table) for table in TABLES},
+                    **{f"{table}_rows_replaced": n for table, n in load.deleted.items()},
+                ),
+                **({"range_sessions": len(load.sessions)} if len(load.sessions) > 1 else {}),
                 "load_seconds": round(load.seconds, 3),
                 "refresh_seconds": round(time.perf_counter() - started, 3),
-                "view_rows": dg.MetadataValue.json(view_rows),
+                "view_rows": counts_table(view_rows, "view"),
             },
             check_results=[matches_lake_result(warehouse, market, load)],
         )

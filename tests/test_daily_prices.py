@@ -18,6 +18,7 @@ from resources.lake import LakeResource
 from resources.market_data import MarketDataResource
 from resources.sources.synthetic import SyntheticSource
 from tests.conftest import materialize, recent_sessions
+from tests.metadata_values import by_partition, counts
 
 RULE_NAMES = {r.name for r in DAILY_PRICE_RULES}
 KEY = ["symbol", "trade_date"]
@@ -168,7 +169,66 @@ def test_normal_session_is_stored_clean_and_passes_blocking_checks(market, lake,
     assert checks["price_relationships"].blocking and checks["completeness"].blocking
     (event,) = materializations(result, market, "daily_prices")
     assert event.partition == day
-    assert event.materialization.metadata["rows"].value == len(stored)
+    metadata = event.materialization.metadata
+    assert metadata["rows"].value == len(stored)
+    assert isinstance(metadata["rows"], dg.IntMetadataValue)
+    assert isinstance(metadata["quarantined"], dg.IntMetadataValue)
+    assert isinstance(metadata["path"], dg.PathMetadataValue)
+    assert metadata["path"].value.endswith(f"daily_prices/market={market}")
+    assert counts(metadata["rows_by_source"]) == {"synthetic": len(stored)}
+    assert isinstance(metadata["source_failures"], dg.TableMetadataValue)
+    assert isinstance(metadata["preview"], dg.MarkdownMetadataValue)
+    active = len(active_symbols(universe, day))
+    assert metadata["completeness_pct"].value == pytest.approx(100 * len(stored) / active, 0.01)
+    assert not any(name.startswith("range_") for name in metadata)  # one session: its own
+
+
+def test_a_range_run_records_each_sessions_own_facts_on_its_partition(lake, instance):
+    market = "us"
+    market_data = MarketDataResource(
+        synthetic_symbols=200, synthetic_bad_row_rate=0.01, landing_url="unused-landing"
+    )
+    store_universe(market, lake, market_data, instance)
+    keys = recent_sessions(market, 6)
+    result = materialize(
+        market,
+        ("daily_prices", "indicators"),
+        lake=lake,
+        market_data=market_data,
+        instance=instance,
+        partition_range=(keys[0], keys[-1]),
+    )
+    assert result.success
+
+    prices = by_partition(result, dg.AssetKey([market, "daily_prices"]))
+    indicators = by_partition(result, dg.AssetKey([market, "indicators"]))
+    assert set(prices) == set(indicators) == set(keys)
+    total = 0
+    for day in keys:
+        stored = pl.read_parquet(part_file(lake, "daily_prices", market, day))
+        quarantined = (
+            pl.read_parquet(quarantine_dir(lake, market, day))
+            if parquet_files(quarantine_dir(lake, market, day))
+            else pl.DataFrame()
+        )
+        meta = prices[day]
+        assert meta["rows"].value == len(stored)  # that day's rows, not the range's
+        assert meta["quarantined"].value == len(quarantined)
+        assert counts(meta["rows_by_source"]) == {"synthetic": len(stored)}
+        assert indicators[day]["rows"].value == len(stored)
+        assert 95 <= meta["completeness_pct"].value <= 100
+        # The range's figures are on every partition, under names that say so.
+        assert meta["range_rows"].value == sum(
+            len(pl.read_parquet(part_file(lake, "daily_prices", market, k))) for k in keys
+        )
+        assert (meta["range_sessions"].value, meta["range_first"].value) == (6, keys[0])
+        assert "sessions" not in meta and "preview" not in meta
+        total += len(stored)
+    assert len({prices[day]["quarantined"].value for day in keys}) > 1  # really per session
+    assert prices[keys[0]]["range_rows"].value == total
+    assert prices[keys[0]]["range_min_completeness_pct"].value == min(
+        prices[day]["completeness_pct"].value for day in keys
+    )
 
 
 # 2. Bad rows are quarantined with their rules -------------------------------------------------
@@ -315,7 +375,9 @@ def test_nearly_complete_session_passes_and_reports_missing_rows(tmp_path, insta
     metadata = {k: v.value for k, v in completeness.metadata.items()}
     assert metadata["sessions_accepted_with_missing_rows"] == 1
     assert metadata["missing_symbol_days"] == active - present > 0
-    assert metadata["min_completeness"] == pytest.approx(present / active, abs=1e-4)
+    assert metadata["min_completeness_pct"] == pytest.approx(100 * present / active, abs=0.01)
+    assert metadata["threshold_pct"] == 95.0
+    assert f"{100 * present / active:.2f}%" in completeness.description
     assert part_file(lake, "indicators", market, day).exists()
 
 
@@ -516,4 +578,4 @@ def test_a_null_listing_date_means_listed_before_the_history():
     assert active_symbols(universe, day)["symbol"].to_list() == ["OLD", "NEW"]
     stored = pl.DataFrame({"symbol": ["OLD"], "trade_date": [day]})
     [row] = completeness_by_session(stored, universe, [day]).rows(named=True)
-    assert (row["active"], row["stored"], row["completeness"]) == (2, 1, 0.5)
+    assert (row["active"], row["stored"], row["completeness_pct"]) == (2, 1, 50.0)

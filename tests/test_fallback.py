@@ -17,6 +17,7 @@ from resources.sources.files import FilesSource
 from resources.sources.synthetic import SyntheticSource
 from tests.conftest import SYMBOLS, materialize, recent_sessions
 from tests.fakes.server import FakeProvider, Reply, Request
+from tests.metadata_values import by_partition, run_metadata
 
 KRX_KEY = "krx-auth-8d1f+Q/secret="
 SESSIONS = recent_sessions("krx", 3)
@@ -66,14 +67,9 @@ def store_universe(market_data, lake, instance) -> None:
 
 
 def metadata(result: dg.ExecuteInProcessResult) -> dict:
-    """The daily_prices materialization metadata (the same on every partition of a range run)."""
-    events = [
-        e
-        for e in result.get_asset_materialization_events()
-        if e.asset_key == dg.AssetKey(["krx", "daily_prices"])
-    ]
-    assert {e.partition for e in events} == set(SESSIONS)
-    return {k: v.value for k, v in events[0].materialization.metadata.items()}
+    """The daily_prices metadata of the range run, each partition's facts summed."""
+    assert set(by_partition(result, dg.AssetKey(["krx", "daily_prices"]))) == set(SESSIONS)
+    return run_metadata(result, dg.AssetKey(["krx", "daily_prices"]))
 
 
 def stored(lake) -> pl.DataFrame:
@@ -163,6 +159,7 @@ def test_delivered_files_serve_first_and_nothing_is_recorded_as_failed(tmp_path,
     assert set(rows["source"]) == {"files"}
     meta = metadata(result)
     assert meta["rows_by_source"] == {"files": len(rows)}
+    assert meta["range_rows"] == len(rows)  # the range's total, named as such
     assert meta["source_failures"] == []
 
 

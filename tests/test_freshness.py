@@ -8,10 +8,12 @@ import polars as pl
 import pytest
 
 from checks.ge_check import ge_asset_check
+from marketpipe_assets.automation import RANGE_END_TAG, RANGE_START_TAG, price_job
 from marketpipe_assets.definitions import assets
 from marketpipe_assets.freshness import (
     MAX_AGE_VARIABLE,
     NOW_VARIABLE,
+    PARTITION_TAG,
     SYMBOL_FRESHNESS,
     daily_freshness_result,
     freshness_checks,
@@ -20,8 +22,9 @@ from marketpipe_assets.freshness import (
     intraday_freshness_result,
     with_freshness,
 )
-from marketpipe_assets.markets import MARKETS
+from marketpipe_assets.markets import MARKETS, partition_dates, partitions_def
 from marketpipe_assets.schemas import DAILY_PRICES, INTRADAY_BARS, UNIVERSE
+from resources.market_data import MarketDataResource
 
 UTC = dt.UTC
 D = dt.date
@@ -88,41 +91,80 @@ def stale_names(result: dg.AssetCheckResult) -> list[str]:
 
 
 # Daily ---------------------------------------------------------------------------------------
-def test_daily_check_fails_naming_the_symbol_missing_yesterdays_session(us_lake):
-    write_daily(us_lake, {MON: ["AAA", "BBB", "CCC"], TUE: ["AAA", "CCC"]})
+THU, FRI = D(2026, 11, 12), D(2026, 11, 13)
 
-    result = daily_freshness_result(us_lake, "us", new_york(WED, 9, 30))
+
+def test_daily_check_names_a_symbol_without_a_bar_in_the_last_three_ingested_sessions(us_lake):
+    write_daily(
+        us_lake,
+        {
+            THU: ["AAA", "BBB", "CCC"],
+            FRI: ["AAA", "CCC"],
+            MON: ["AAA", "CCC"],
+            TUE: ["AAA"],  # CCC misses one session only: the completeness check's business
+        },
+    )
+
+    result = daily_freshness_result(us_lake, "us", TUE)
 
     assert not result.passed
     assert stale_names(result) == ["BBB"]
-    assert result.metadata["stale"].value == [{"symbol": "BBB", "last_update": "2026-11-16"}]
-    assert "BBB (last 2026-11-16)" in result.description
-    assert result.metadata["due_session"].value == "2026-11-17"
+    assert result.metadata["stale"].value == [{"symbol": "BBB", "last_update": "2026-11-12"}]
+    assert "BBB (last 2026-11-12)" in result.description
+    assert result.metadata["judged_session"].value == "2026-11-17"
+    assert result.metadata["window_start"].value == "2026-11-13"
     assert result.metadata["active_symbols"].value == 3  # OLD and NEW are not expected
+    # Judged on Monday, BBB has missed only two sessions.
+    assert daily_freshness_result(us_lake, "us", MON).passed
 
 
-def test_daily_check_passes_when_every_active_symbol_has_the_due_session(us_lake):
-    write_daily(us_lake, {MON: ["AAA", "BBB", "CCC"], TUE: ["AAA", "BBB", "CCC"]})
+def test_daily_check_counts_only_ingested_sessions(us_lake):
+    # A lone old partition judges only itself: sessions never materialized say nothing.
+    write_daily(us_lake, {MON: ["AAA", "CCC"]})
+    alone = daily_freshness_result(us_lake, "us", MON)
+    assert alone.passed, alone.description
+    assert alone.metadata["window_sessions"].value == 1
+    # Three ingested sessions with gaps between them (FRI not ingested) still count as three.
+    write_daily(us_lake, {THU: ["AAA", "CCC"], TUE: ["AAA", "CCC"]})
+    assert stale_names(daily_freshness_result(us_lake, "us", TUE)) == ["BBB"]
 
-    result = daily_freshness_result(us_lake, "us", new_york(WED, 9, 30))
 
-    assert result.passed, result.description
-    assert stale_names(result) == []
+def test_a_symbol_listed_inside_the_window_is_not_yet_stale(us_lake):
+    universe = us_lake.read_table("universe", "us").with_columns(
+        listing_date=pl.when(pl.col("symbol") == "BBB")
+        .then(pl.lit(MON))
+        .otherwise(pl.col("listing_date"))
+    )
+    us_lake.write_table("universe", "us", universe)
+    write_daily(us_lake, {day: ["AAA", "CCC"] for day in (THU, FRI, MON, TUE)})
+
+    result = daily_freshness_result(us_lake, "us", TUE)
+    assert result.passed, result.description  # listed Monday: two chances, not three
+    assert result.metadata["active_symbols"].value == 3
 
 
-def test_daily_session_is_not_due_before_the_morning_deadline(us_lake):
-    write_daily(us_lake, {MON: ["AAA", "BBB", "CCC"], TUE: ["AAA", "CCC"]})
+def test_a_session_never_ingested_fails_naming_it(us_lake):
+    write_daily(us_lake, {MON: ["AAA", "BBB", "CCC"]})
 
-    early = daily_freshness_result(us_lake, "us", new_york(WED, 8, 59))
-    assert early.passed  # Tuesday is due at 09:00 Wednesday; Monday is complete
-    assert early.metadata["due_session"].value == "2026-11-16"
+    result = daily_freshness_result(us_lake, "us", TUE)
 
-    # Monday morning's due session is Friday's: the weekend owes nothing.
-    write_daily(us_lake, {D(2026, 11, 13): ["AAA", "BBB"]})
-    monday = daily_freshness_result(us_lake, "us", new_york(MON, 10))
-    assert monday.metadata["due_session"].value == "2026-11-13"
-    assert stale_names(monday) == ["CCC"]
-    assert monday.metadata["stale"].value[0]["last_update"] is None  # nothing stored at all
+    assert not result.passed
+    assert "no stored bars for the 2026-11-17 session" in result.description
+    assert "materialize partition 2026-11-17" in result.description
+
+
+def test_morning_schedule_judges_the_session_due_that_morning():
+    schedule = next(s for s in freshness_schedules("us") if s.name == "us_daily_freshness")
+
+    def tick(moment: dt.datetime):
+        with dg.build_schedule_context(scheduled_execution_time=moment) as context:
+            return schedule.evaluate_tick(context)
+
+    (request,) = tick(new_york(WED, 9)).run_requests
+    assert request.tags[PARTITION_TAG] == "2026-11-17"
+    # Saturday morning owes Friday's session.
+    (saturday,) = tick(new_york(D(2026, 11, 21), 9)).run_requests
+    assert saturday.tags[PARTITION_TAG] == "2026-11-20"
 
 
 # Intraday ------------------------------------------------------------------------------------
@@ -195,19 +237,21 @@ def evaluations(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEva
     return {"/".join(e.asset_key.path): e for e in result.get_asset_check_evaluations()}
 
 
-def test_freshness_jobs_run_the_checks_as_of_marketpipe_now(
+def test_freshness_jobs_judge_their_partition_and_intraday_marketpipe_now(
     us_lake, market_data, instance, monkeypatch
 ):
-    write_daily(us_lake, {MON: ["AAA", "BBB", "CCC"], TUE: ["AAA", "CCC"]})
+    write_daily(us_lake, {day: ["AAA", "CCC"] for day in (FRI, MON, TUE)})
     defs = checks_defs(us_lake, market_data)
 
-    monkeypatch.setenv(NOW_VARIABLE, "2026-11-18T15:00:00")  # naive = UTC, 10:00 New York
+    # The daily check judges the partition it is run for, whatever the clock says.
+    monkeypatch.setenv(NOW_VARIABLE, "2030-01-01T15:00:00")
     daily = defs.resolve_job_def("us_daily_prices_freshness").execute_in_process(
-        instance=instance, raise_on_error=False
+        instance=instance, raise_on_error=False, tags={PARTITION_TAG: TUE.isoformat()}
     )
     assert daily.success  # a failed check is a result, not a failed run
     (evaluation,) = evaluations(daily).values()
     assert evaluation.check_name == SYMBOL_FRESHNESS and not evaluation.passed
+    assert evaluation.partition == TUE.isoformat()
     assert "BBB" in evaluation.description
 
     monkeypatch.setenv(NOW_VARIABLE, "2026-11-17T20:00:00+00:00")  # 15:00 New York
@@ -254,3 +298,62 @@ def test_daily_assets_carry_a_cron_freshness_policy_visible_in_the_asset_graph(l
     prices = next(a for a in mapped if a.key == dg.AssetKey(["us", "daily_prices"]))
     assert prices.partitions_def is not None
     assert {k.name for k in prices.check_keys} >= {"price_relationships", "completeness"}
+
+
+# Through the price job, on the synthetic source's defaults -----------------------------------
+def price_job_defs(lake, market_data) -> dg.Definitions:
+    return dg.Definitions(
+        assets=[a for a in assets if a.key.path[0] == "us"],
+        asset_checks=[*freshness_checks("us"), ge_asset_check("us")],
+        jobs=[price_job("us"), freshness_job("us", "daily_prices")],
+        resources={"lake": lake, "market_data": market_data},
+    )
+
+
+def test_price_job_judges_its_own_old_session_and_passes_on_default_synthetic_data(lake, instance):
+    # The defaults: 1% of bars missing and 0.2% broken, so single bars are absent here.
+    market_data = MarketDataResource(synthetic_symbols=200, landing_url="unused-landing")
+    defs = price_job_defs(lake, market_data)
+    universe = dg.materialize(
+        [a for a in assets if a.key == dg.AssetKey(["us", "universe"])],
+        instance=instance,
+        resources={"lake": lake, "market_data": market_data},
+    )
+    assert universe.success
+    keys = [k for k in partitions_def("us").get_partition_keys() if k <= "2025-03-31"][-8:]
+    job = defs.resolve_job_def("us_daily_prices")
+
+    ranged = job.execute_in_process(
+        instance=instance, tags={RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-2]}
+    )
+    single = job.execute_in_process(instance=instance, partition_key=keys[-1])
+
+    stored = lake.read_partitions("daily_prices", "us", DAILY_PRICES, columns=["symbol"])
+    assert len(stored) < 8 * 200  # some bars are really missing or quarantined
+    for result, judged in ((ranged, keys[-2]), (single, keys[-1])):
+        checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+        # Every check of the asset ran, as from the UI's Materialize.
+        assert set(checks) == {
+            "price_relationships",
+            "completeness",
+            "suspicious_jumps",
+            "great_expectations",
+            SYMBOL_FRESHNESS,
+        }
+        freshness = checks[SYMBOL_FRESHNESS]
+        assert freshness.passed, freshness.description
+        assert freshness.metadata["judged_session"].value == judged
+
+    # A symbol really missing its last three sessions is named.
+    gone = stored["symbol"].unique().sort()[0]
+    last_three = partition_dates(keys[-3:])
+    kept = lake.read_partitions(
+        "daily_prices", "us", DAILY_PRICES, first=last_three[0], last=last_three[-1]
+    ).filter(pl.col("symbol") != gone)
+    lake.write_partitions("daily_prices", "us", kept, last_three)
+    morning = defs.resolve_job_def("us_daily_prices_freshness").execute_in_process(
+        instance=instance, tags={PARTITION_TAG: keys[-1]}
+    )
+    (evaluation,) = morning.get_asset_check_evaluations()
+    assert not evaluation.passed
+    assert stale_names(dg.AssetCheckResult(passed=False, metadata=evaluation.metadata)) == [gone]

@@ -26,6 +26,7 @@ from resources.providers.http import RetryPolicy
 from resources.sources.base import ConfigurationError, SourceError
 from tests.conftest import materialize, recent_sessions
 from tests.fakes.finnhub import FakeFinnhub
+from tests.metadata_values import run_metadata
 
 FAKE_KEY = "fhk-FAKE-7c1e9a42-do-not-leak"
 WRONG_KEY = "fhk-WRONG-55d0b3e1-do-not-leak"
@@ -104,10 +105,8 @@ def failure_text(result: dg.ExecuteInProcessResult) -> str:
 
 
 def metadata(result) -> dict:
-    """The run's daily_prices metadata (one event per partition, all with the run's totals)."""
-    key = dg.AssetKey(["us", "daily_prices"])
-    event = next(e for e in result.get_asset_materialization_events() if e.asset_key == key)
-    return {k: v.value for k, v in event.materialization.metadata.items()}
+    """The run's daily_prices metadata (a range's per-partition facts summed)."""
+    return run_metadata(result, dg.AssetKey(["us", "daily_prices"]))
 
 
 def materialized_prices(result) -> list:

@@ -18,6 +18,7 @@ from resources.sources.base import ConfigurationError, SourceError
 from resources.sources.synthetic import SyntheticSource
 from tests.conftest import materialize, recent_sessions
 from tests.fakes.krx import API_KEY, LISTING, FakeKrx
+from tests.metadata_values import run_metadata
 
 KEY = ["symbol", "trade_date"]
 WRONG_KEY = "krx-wrong-auth-key-0b5e11"
@@ -77,10 +78,8 @@ def dates(keys) -> list[dt.date]:
 
 
 def metadata(result) -> dict:
-    key = dg.AssetKey(["krx", "daily_prices"])
-    # A range run records one materialization per partition, all with the run's metadata.
-    event = next(e for e in result.get_asset_materialization_events() if e.asset_key == key)
-    return {k: v.value for k, v in event.materialization.metadata.items()}
+    # A range run records each partition's own facts; summed here, they are the run's.
+    return run_metadata(result, dg.AssetKey(["krx", "daily_prices"]))
 
 
 def failure_text(result) -> str:

@@ -21,6 +21,7 @@ from resources.sources.base import ConfigurationError, SourceError
 from resources.sources.synthetic import SyntheticSource
 from tests.conftest import materialize, recent_sessions
 from tests.fakes.twelvedata import API_KEY, RATE_LIMIT_BODY, FakeTwelveData
+from tests.metadata_values import run_metadata
 
 KEY = ["symbol", "trade_date"]
 WRONG_KEY = "td-wrong-apikey-9d2f70"
@@ -106,10 +107,8 @@ def dates(keys) -> list[dt.date]:
 
 
 def metadata(result) -> dict:
-    key = dg.AssetKey(["us", "daily_prices"])
-    # A range run records one materialization per partition, all with the run's metadata.
-    event = next(e for e in result.get_asset_materialization_events() if e.asset_key == key)
-    return {k: v.value for k, v in event.materialization.metadata.items()}
+    # A range run records each partition's own facts; summed here, they are the run's.
+    return run_metadata(result, dg.AssetKey(["us", "daily_prices"]))
 
 
 def checks(result) -> dict:

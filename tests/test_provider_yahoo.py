@@ -30,6 +30,7 @@ from resources.sources.synthetic import SyntheticSource
 from resources.sources.synthetic_options import option_chains
 from tests.conftest import materialize, recent_sessions
 from tests.fakes.yahoo import FakeYahoo, close_epoch, expirations, open_epoch, utc_epoch
+from tests.metadata_values import run_metadata
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -114,10 +115,8 @@ def failure_text(result: dg.ExecuteInProcessResult) -> str:
 
 
 def metadata(result, dataset: str = "daily_prices") -> dict:
-    """The run's metadata of us/<dataset> (one event per partition, all with the run's totals)."""
-    key = dg.AssetKey(["us", dataset])
-    event = next(e for e in result.get_asset_materialization_events() if e.asset_key == key)
-    return {k: v.value for k, v in event.materialization.metadata.items()}
+    """The run's metadata of us/<dataset> (a range's per-partition facts summed)."""
+    return run_metadata(result, dg.AssetKey(["us", dataset]))
 
 
 def materialized_prices(result) -> list:
