@@ -202,7 +202,7 @@ def daily_freshness_result(lake: LakeResource, market: str, day: dt.date) -> dg.
         active_symbols(universe, day).height,
         f"have no stored bar in the {len(window)} ingested sessions {window[0]}..{day}",
         {**facts, "window_sessions": len(window), "window_start": window[0].isoformat()},
-        judged=f" on {day} (a stored bar in the {len(window)} ingested sessions up to it)",
+        judged=f" on {day}: a stored bar in the last {len(window)} ingested sessions",
     )
 
 
