@@ -73,7 +73,7 @@ def ge_asset_check(market: str) -> dg.AssetChecksDefinition:
             description=(
                 f"GE and the quarantine disagree on {sessions}: {differ}"
                 if differ
-                else f"GE counts the same rule breaks as the quarantine on {sessions} "
+                else f"same rule breaks as the quarantine on {sessions} "
                 f"({len(quarantined)} of {len(batch)} rows quarantined)"
             ),
             metadata={

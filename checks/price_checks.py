@@ -134,8 +134,8 @@ def completeness_result(
         description += f"; {remedy}" if remedy else ""
     elif len(partial):
         description = (
-            f"accepted: {len(partial)} session(s) have missing symbols but are >= "
-            f"{THRESHOLD_PCT:g}% complete (worst {worst:.2f}%)"
+            f"accepted: {len(partial)} session(s) missing symbols, worst {worst:.2f}% "
+            f"(>= {THRESHOLD_PCT:g}% passes)"
         )
     else:
         description = "every active symbol has a stored bar in every session"

@@ -54,14 +54,14 @@ def _run(selection, instance, **kwargs) -> dg.ExecuteInProcessResult:
     )
 
 
-def _line(text: str, indent: str = "   ") -> str:
-    """`text` on at most two lines of WIDTH (paths are never cut), the rest elided."""
+def _line(text: str, indent: str = "   ", max_lines: int = 2) -> str:
+    """`text` on at most `max_lines` lines of WIDTH (paths are never cut), the rest elided."""
     return textwrap.fill(
         text,
         WIDTH,
         initial_indent=indent,
         subsequent_indent=indent + "  ",
-        max_lines=2,
+        max_lines=max_lines,
         placeholder=" …",
         break_long_words=False,
     )
@@ -133,7 +133,8 @@ def _checks(market: str, result: dg.ExecuteInProcessResult) -> list[str]:
             asset = evaluation.asset_key.path[-1]
             lines.append(f"   checks of {asset}:")
         outcome = f"{evaluation.check_name:<20} {_outcome(evaluation):<{width}}"
-        lines.append(_line(f"{outcome}  {evaluation.description or ''}", "     "))
+        # One line each, so the summary fits one screen; the UI has the whole description.
+        lines.append(_line(f"{outcome}  {evaluation.description or ''}", "     ", max_lines=1))
     return lines
 
 
@@ -158,8 +159,6 @@ def _summary(market: str, keys: list[str], result: dg.ExecuteInProcessResult, la
         *_completeness(lake, market, stored, sessions),
         *_checks(market, result),
     ]
-    datasets = "daily_prices, indicators, quarantine/daily_prices, universe"
-    lines.append(_line(f"data in {lake.uri(lake.root)}: {datasets} (folders market={market})"))
     return lines
 
 
@@ -183,11 +182,12 @@ def main() -> int:
             )
             ok &= result.success
             lines += ["", *_summary(market, keys, result, lake), *_problems(result, instance)]
+    datasets = "daily_prices, indicators, quarantine/daily_prices, universe"
+    folders = ", ".join(f"market={m}" for m in MARKETS)
+    lines += ["", _line(f"Data in {lake.uri(lake.root)}: {datasets} (folders {folders})", "")]
     print("\n".join(lines))
     example = f"{lake.uri(lake.root)}/daily_prices/*/*/*.parquet"
-    print(
-        f"\nQuery it with DuckDB:\n  SELECT market, date, count(*) FROM read_parquet('{example}',"
-    )
+    print(f"Query it with DuckDB:\n  SELECT market, date, count(*) FROM read_parquet('{example}',")
     print("    hive_partitioning=true) GROUP BY ALL ORDER BY ALL")
     outcome = "Done" if ok else "Finished with failures (above)"
     print(f"{outcome} in {time.monotonic() - started:.1f} s. Open the UI with `make ui`.")

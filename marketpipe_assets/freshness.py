@@ -202,16 +202,30 @@ def daily_freshness_result(lake: LakeResource, market: str, day: dt.date) -> dg.
         active_symbols(universe, day).height,
         f"have no stored bar in the {len(window)} ingested sessions {window[0]}..{day}",
         {**facts, "window_sessions": len(window), "window_start": window[0].isoformat()},
-        judged=f" on {day} (a stored bar in the {len(window)} ingested sessions up to it)",
+        judged=f" on {day}: a stored bar in the last {len(window)} ingested sessions",
     )
 
 
 def intraday_freshness_result(
-    lake: LakeResource, market: str, now: dt.datetime, max_age: dt.timedelta
+    lake: LakeResource,
+    market: str,
+    now: dt.datetime,
+    max_age: dt.timedelta,
+    judged: dt.date | None = None,
 ) -> dg.AssetCheckResult:
     """During a session: passes when every active symbol's latest stored bar started at most
-    `max_age` before `now` (the clock starts at the open). Outside sessions it passes."""
+    `max_age` before `now` (the clock starts at the open). Outside sessions it passes, and so
+    it does for a `judged` session (the run's partition) that is not the one trading now: a
+    closed session's bars are the completeness and bar_count checks' business."""
     session = session_at(market, now)
+    if judged is not None and session is not None and session[0] != judged:
+        return dg.AssetCheckResult(
+            check_name=SYMBOL_FRESHNESS,
+            passed=True,
+            description=f"{judged} is not the session trading now ({session[0]}): intraday "
+            "freshness judges a session only while it trades",
+            metadata={"evaluated_at": now.isoformat(), "in_session": False},
+        )
     if session is None:
         return dg.AssetCheckResult(
             check_name=SYMBOL_FRESHNESS,
@@ -278,16 +292,30 @@ def daily_freshness_check(market: str) -> dg.AssetChecksDefinition:
 
 
 def intraday_freshness_check(market: str) -> dg.AssetChecksDefinition:
-    @dg.asset_check(
-        asset=dg.AssetKey([market, "intraday_bars"]),
-        name=SYMBOL_FRESHNESS,
-        description="During the session, every active symbol's latest stored bar is at most "
-        f"{DEFAULT_INTRADAY_MAX_AGE.total_seconds() / 3600:g} hours old ({MAX_AGE_VARIABLE}).",
-    )
-    def intraday_symbol_freshness(lake: LakeResource) -> dg.AssetCheckResult:
-        return intraday_freshness_result(lake, market, evaluation_time(), intraday_max_age())
+    def intraday_symbol_freshness(
+        context: dg.AssetCheckExecutionContext, lake: LakeResource
+    ) -> dg.AssetCheckResult:
+        judged = None  # launched without a partition (the hourly schedule): the session now
+        if context.has_partition_key or context.has_partition_key_range:
+            window = context.partition_key_range
+            judged = judged_session(
+                market, dt.date.fromisoformat(window.start), dt.date.fromisoformat(window.end)
+            )
+        now = evaluation_time()
+        return intraday_freshness_result(lake, market, now, intraday_max_age(), judged)
 
-    return intraday_symbol_freshness
+    # Partitioned like the asset, so materializing an old session (the UI's Materialize runs
+    # every check of the asset) never judges the session trading now.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        return dg.asset_check(
+            asset=dg.AssetKey([market, "intraday_bars"]),
+            name=SYMBOL_FRESHNESS,
+            partitions_def=partitions_def(market),
+            description="While its session trades, every active symbol's latest stored bar is "
+            f"at most {DEFAULT_INTRADAY_MAX_AGE.total_seconds() / 3600:g} hours old "
+            f"({MAX_AGE_VARIABLE}); other sessions pass.",
+        )(intraday_symbol_freshness)
 
 
 @cache

@@ -206,6 +206,17 @@ def test_intraday_clock_starts_at_the_open(us_lake):
     assert stale_names(late) == ["AAA", "BBB", "CCC"]
 
 
+def test_intraday_check_judges_only_the_materialized_session_while_it_trades(us_lake):
+    now = US_OPEN_TUE + dt.timedelta(hours=5, minutes=30)  # Tuesday 15:00 New York
+    write_intraday(us_lake, {"AAA": [US_OPEN_TUE - dt.timedelta(hours=17)]}, [MON, TUE])
+
+    # Materializing Monday's bars while Tuesday trades does not judge Tuesday.
+    monday = intraday_freshness_result(us_lake, "us", now, FOUR_HOURS, judged=MON)
+    assert monday.passed and "not the session trading now" in monday.description
+    tuesday = intraday_freshness_result(us_lake, "us", now, FOUR_HOURS, judged=TUE)
+    assert stale_names(tuesday) == ["AAA", "BBB", "CCC"]
+
+
 @pytest.mark.parametrize(
     "now",
     [

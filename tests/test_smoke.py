@@ -10,6 +10,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from marketpipe_assets.definitions import defs
 from marketpipe_assets.schemas import DAILY_PRICES, INDICATORS
 from resources.lake import LakeResource
 from tests.conftest import materialize, recent_sessions
@@ -34,6 +35,15 @@ def test_one_session_materializes_with_passing_checks(with_universe, lake, marke
 
 
 # The commands as users run them ----------------------------------------------------------------
+DAILY_PRICE_CHECKS = (
+    "price_relationships",
+    "completeness",
+    "suspicious_jumps",
+    "great_expectations",
+    "symbol_freshness",
+)
+
+
 @pytest.mark.xdist_group("cli")
 def test_demo_prints_a_short_summary_and_no_dagster_stream(tmp_path):
     env = clean_env(tmp_path, MARKETPIPE_SYNTHETIC_SYMBOLS="30")
@@ -53,7 +63,7 @@ def test_demo_prints_a_short_summary_and_no_dagster_stream(tmp_path):
     assert "Warning" not in done.stderr, done.stderr  # BetaWarning and friends, once or more
     assert done.stderr.strip() == "", done.stderr
     lines = output.splitlines()
-    assert len(lines) <= 50, output  # one screen
+    assert len(lines) <= 40, output  # one screen
     lake = LakeResource(url=env["MARKETPIPE_LAKE_URL"])
     for market in ("krx", "us"):
         stored = lake.read_partitions("daily_prices", market, DAILY_PRICES, columns=["symbol"])
@@ -66,16 +76,33 @@ def test_demo_prints_a_short_summary_and_no_dagster_stream(tmp_path):
         assert "completeness per session" in lines[header + 2]
         assert re.match(r"\s+\d\d-\d\d 1?\d\d\.\d\s", lines[header + 3]), output
         section = "\n".join(lines[header : header + 15])
-        for check in ("price_relationships", "completeness"):
+        for check in DAILY_PRICE_CHECKS:
             assert re.search(rf"^\s+{check}\s+PASS\s", section, re.M), section
-        assert f"market={market}" in section and str(lake.root) in section
-    # The events are in the instance all the same, for the UI.
+    words = " ".join(output.split())  # the data line may wrap
+    assert f"Data in {lake.root}: daily_prices, indicators" in words, output
+    assert "(folders market=krx, market=us)" in words, output
+    # The events are in the instance all the same, for the UI: every check of the assets the
+    # demo materialized was evaluated (none left "Not Evaluated"), on each market's last session.
+    graph = defs.resolve_asset_graph()
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
         runs = instance.get_runs()
         assert len(runs) == 3 and all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
         key = dg.AssetKey(["krx", "daily_prices"])
         assert len(instance.get_materialized_partitions(key)) == 20
         assert instance.all_logs(runs[0].run_id), "no events stored"
+        for market in ("krx", "us"):
+            demoed = [dg.AssetKey([market, d]) for d in ("daily_prices", "indicators")]
+            expected = {c for k in demoed for c in graph.get_check_keys_for_assets({k})}
+            assert {c.name for c in expected} == set(DAILY_PRICE_CHECKS)
+            evaluated = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+                list(expected)
+            )
+            assert set(evaluated) == expected
+            for check_key, record in evaluated.items():
+                evaluation = record.event.dagster_event.event_specific_data
+                assert evaluation.passed, (check_key, evaluation.description)
+            latest = instance.get_latest_materialization_event(dg.AssetKey([market, "indicators"]))
+            assert latest.asset_materialization.metadata["rows"].value > 0
 
 
 @pytest.mark.xdist_group("ui")
