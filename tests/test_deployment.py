@@ -13,6 +13,7 @@ import os
 import signal
 import tempfile
 import time
+from unittest import mock
 
 import dagster as dg
 import polars as pl
@@ -43,7 +44,10 @@ def _trade_hours_requested_on_an_empty_lake() -> bool:
     """Whether the trade-hours sensor asks for hours in which no trade was collected (a first
     `make ui` would then start dozens of runs); branch `sensors` fixes it."""
     sensor = defs.get_repository_def().get_sensor_def("krx_trade_hours")
-    with tempfile.TemporaryDirectory() as empty:
+    with (
+        tempfile.TemporaryDirectory() as empty,
+        mock.patch.dict(os.environ, {"MARKETPIPE_SPOOL_DIR": empty}),
+    ):
         context = dg.build_sensor_context(
             resources={"lake": LakeResource(url=empty)}, repository_def=defs.get_repository_def()
         )
