@@ -266,8 +266,11 @@ def test_incomplete_session_fails_completeness_and_blocks_indicators(tmp_path, i
     assert not checks["completeness"].passed
     assert checks["completeness"].metadata["sessions_below_threshold"].value == [day]
     assert checks["price_relationships"].passed
-    # The prices themselves are stored; only their dependants are held back.
-    assert part_file(lake, "daily_prices", market, day).exists()
+    # Nothing is published (write-audit-publish); the rejected batch is kept for inspection.
+    assert not part_file(lake, "daily_prices", market, day).exists()
+    assert not materializations(result, market, "daily_prices")
+    [rejected] = (Path(lake.url) / "_rejected" / "daily_prices" / f"market={market}").iterdir()
+    assert (rejected / f"daily_prices/market={market}/date={day}/part-0.parquet").exists()
     # Blocking: the indicators step never ran in this run and wrote nothing.
     assert result.is_node_skipped("krx__indicators") or result.is_node_untouched("krx__indicators")
     assert not materializations(result, market, "indicators")
