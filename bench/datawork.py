@@ -44,11 +44,11 @@ def prices(t: Stages, lake, market_data, market: str, sessions: list[dt.date]) -
     with t("validate"):
         validated = validate(frame)
         stored = validated.clean
-    with t("write prices"):
+    with t("stage prices + quarantine"):
         quarantined = validated.quarantined
-        lake.write_partitions("daily_prices", market, stored, sessions)
-    with t("write quarantine"):
-        lake.write_quarantine("daily_prices", market, quarantined, sessions, undated=max(sessions))
+        batch = lake.stage(
+            "bench", "daily_prices", market, stored, quarantined, sessions, undated=max(sessions)
+        )
     with t("check completeness"):
         by_session = completeness_by_session(stored, universe, sessions)
         completeness = completeness_result(by_session)
@@ -57,6 +57,8 @@ def prices(t: Stages, lake, market_data, market: str, sessions: list[dt.date]) -
         jumps = suspicious_jumps_result(stored, previous, sessions)
     with t("check price relationships"):
         relationships = price_relationships_result(stored, validated)
+    with t("publish prices"):  # what the asset does once the blocking checks pass
+        lake.publish(batch)
     with t("prices metadata"):
         sources = stored["source"].value_counts().rows() if len(stored) else []
         stored.select(HALTED.sum()).item()
@@ -81,7 +83,11 @@ def indicators(t: Stages, lake, market: str, sessions: list[dt.date]) -> pl.Data
             pl.col("trade_date").is_between(min(sessions), max(sessions))
         )
     with t("write indicators"):
-        lake.write_partitions("indicators", market, values.select(INDICATORS.names()), sessions)
+        lake.publish(
+            lake.stage(
+                "bench", "indicators", market, values.select(INDICATORS.names()), None, sessions
+            )
+        )
     with t("indicators metadata"):
         markdown_table(values.drop_nulls().tail(10))
     return history

@@ -69,8 +69,8 @@ def run(symbols: int = 2500, market: str = "us", interval: int = 1) -> dict:
         with stages("derive"):
             stored = with_derived(validated.clean)
         with stages("write"):
-            lake.write_partitions(DATASET, market, stored, [day])
-            lake.write_quarantine(DATASET, market, validated.quarantined, [day])
+            batch = lake.stage("bench", DATASET, market, stored, validated.quarantined, [day])
+            lake.publish(batch)
         started = time.perf_counter()
         bare_rows = bare_polars(frame, Path(scratch) / "bare.parquet")
         bare = time.perf_counter() - started

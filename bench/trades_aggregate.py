@@ -90,6 +90,8 @@ def marketpipe_pass(
             trade_rules_result(built.validated, built.duplicates_dropped),
             reconcile_result(built.validated.clean, built.hourly, built.minutes),
         ]
+    with stages("publish"):  # the asset publishes once the blocking check passes
+        lake.publish(built.batch)
     return {c.check_name: c.passed for c in checks}, built.hourly
 
 

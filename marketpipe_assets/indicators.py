@@ -118,9 +118,17 @@ def indicators_asset(market: str) -> dg.AssetsDefinition:
             "daily_prices", market, DAILY_PRICES, last=last, columns=HISTORY_COLUMNS
         )
         values = compute_indicators(history).filter(pl.col("trade_date").is_between(first, last))
-        # Replaces exactly the partitions of this run and the later ones refreshed, each atomically.
-        lake.write_partitions(
-            "indicators", market, values.select(INDICATORS.names()), [*sessions, *later]
+        # Replaces exactly the partitions of this run and the later ones refreshed, all published
+        # together (no blocking checks to wait for).
+        lake.publish(
+            lake.stage(
+                context.run_id,
+                "indicators",
+                market,
+                values.select(INDICATORS.names()),
+                None,
+                [*sessions, *later],
+            )
         )
         _record_refreshed(context, later, first)
         in_run = values.filter(pl.col("trade_date").is_between(first, max(sessions)))

@@ -19,6 +19,7 @@ from resources.sources.base import FallbackSource, intraday_bars
 from .markets import partition_dates, partitions_def
 from .metadata import session_metadata
 from .prices import load_universe, provider_pool
+from .publish import publish_if_checks_pass
 from .retries import provider_retries
 from .schemas import INTRADAY_BARS, conform
 
@@ -57,12 +58,27 @@ def intraday_bars_asset(market: str) -> dg.AssetsDefinition:
         validated = validate_intraday(standardise_intraday(raw), market, sessions)
         stored = validated.clean
         quarantined = validated.quarantined
-        lake.write_partitions("intraday_bars", market, stored, sessions)
-        lake.write_quarantine("intraday_bars", market, quarantined, sessions, undated=max(sessions))
+        # Replaces exactly this run's partitions, stored and quarantine together, once the
+        # blocking checks pass.
+        batch = lake.stage(
+            context.run_id,
+            "intraday_bars",
+            market,
+            stored,
+            quarantined,
+            sessions,
+            undated=max(sessions),
+        )
 
         present = stored.select("symbol", "trade_date").unique()
         by_session = completeness_by_session(present, universe, sessions)
         counts = bar_counts(stored, market, sessions)
+        check_results = [
+            intraday_rules_result(stored, validated, market, sessions),
+            intraday_completeness_result(by_session),
+            bar_count_result(counts),
+        ]
+        yield from publish_if_checks_pass(context, lake, batch, check_results)
         yield dg.MaterializeResult(
             metadata=session_metadata(
                 context,
@@ -73,11 +89,7 @@ def intraday_bars_asset(market: str) -> dg.AssetsDefinition:
                 uri=lake.uri(lake.market_dir("intraday_bars", market)),
                 shown=stored,
             ),
-            check_results=[
-                intraday_rules_result(stored, validated, market, sessions),
-                intraday_completeness_result(by_session),
-                bar_count_result(counts),
-            ],
+            check_results=check_results,
         )
 
     return intraday

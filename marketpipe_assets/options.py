@@ -25,6 +25,7 @@ from resources.lake import LakeResource
 from resources.market_data import MarketDataResource
 from resources.providers.base import run_sync
 from resources.providers.errors import NotFound
+from resources.publishing import Batch
 from resources.sources.base import FallbackSource, Source, SourceUnavailable
 from resources.sources.synthetic import SyntheticSource
 from resources.sources.synthetic_options import option_chains
@@ -40,6 +41,7 @@ from .markets import (
 )
 from .metadata import run_totals, session_metadata
 from .prices import provider_pool
+from .publish import publish_if_checks_pass
 from .retries import provider_retries
 from .schemas import OPTION_CHAIN_VENDOR, OPTION_CHAINS, conform, quarantine_schema
 
@@ -191,6 +193,7 @@ class Stored:
     quarantined: pl.DataFrame
     iv_counts: dict[str, int]
     check_results: list[dg.AssetCheckResult]
+    batch: Batch  # staged, not yet published
 
 
 Stage = Callable[[str], AbstractContextManager]
@@ -204,8 +207,9 @@ def store_chains(
     config: OptionChainConfig,
     stage: Stage = lambda name: nullcontext(),
     fetched_at: dt.datetime | None = None,
+    run_id: str = "",
 ) -> Stored:
-    """Derive, validate, write stored and quarantined rows of `sessions`, and the checks'
+    """Derive, validate, stage stored and quarantined rows of `sessions`, and the checks'
     results: the asset's data work (the bench times it by `stage`)."""
     iv_range = (config.iv_min, config.iv_max)
     rules = option_rules(iv_range)
@@ -215,16 +219,18 @@ def store_chains(
         validated = validate(frame, rules)
         quarantined = validated.quarantined.select(quarantine_schema(OPTION_CHAINS).names())
     with stage("write"):
-        lake.write_partitions(DATASET, "us", validated.clean, sessions, date_column="quote_date")
-        # Replaces exactly these sessions' quarantine files; undated rows go with the last.
-        lake.write_quarantine(DATASET, "us", quarantined, sessions, date_column="quote_date")
+        # Staged: replaces exactly these sessions' stored and quarantine files once published
+        # (publish_if_checks_pass); undated rows go with the last session.
+        batch = lake.stage(
+            run_id, DATASET, "us", validated.clean, quarantined, sessions, date_column="quote_date"
+        )
     with stage("checks"):
         results = [
             rules_result(validated.clean, validated, rules),
             completeness_result(validated.clean, underlyings, sessions),
             parity_result(validated.clean, config.risk_free_rate, config.parity_tolerance),
         ]
-    return Stored(validated.clean, quarantined, iv_counts, results)
+    return Stored(validated.clean, quarantined, iv_counts, results, batch)
 
 
 def option_chains_asset() -> dg.AssetsDefinition:
@@ -263,8 +269,15 @@ def option_chains_asset() -> dg.AssetsDefinition:
         # Synthetic chains are end-of-day quotes; a live provider's are as of the fetch.
         live = not isinstance(chain[len(failures)], SyntheticSource)
         done = store_chains(
-            lake, raw, underlyings, sessions, config, fetched_at=fetched_at if live else None
+            lake,
+            raw,
+            underlyings,
+            sessions,
+            config,
+            fetched_at=fetched_at if live else None,
+            run_id=context.run_id,
         )
+        yield from publish_if_checks_pass(context, lake, done.batch, done.check_results)
         yield dg.MaterializeResult(
             metadata={
                 **session_metadata(

@@ -29,6 +29,7 @@ from resources.sources.books import order_book_history
 from .markets import partition_dates, partitions_def
 from .metadata import session_metadata
 from .prices import load_universe, provider_pool
+from .publish import publish_if_checks_pass
 from .retries import provider_retries
 from .schemas import ORDER_BOOK_LEVELS, ORDER_BOOKS
 
@@ -122,10 +123,18 @@ def order_books_asset(market: str) -> dg.AssetsDefinition:
         validated = validate_order_books(pl.concat(frames), market, sessions)
         stored = with_derived(validated.clean)
         quarantined = validated.quarantined
-        lake.write_partitions(DATASET, market, stored, sessions)
-        lake.write_quarantine(DATASET, market, quarantined, sessions, undated=max(sessions))
+        # Replaces exactly this run's partitions, stored and quarantine together, once the
+        # blocking checks pass.
+        batch = lake.stage(
+            context.run_id, DATASET, market, stored, quarantined, sessions, undated=max(sessions)
+        )
 
         by_session = coverage_by_session(stored, universe, market, sessions, interval)
+        check_results = [
+            order_book_rules_result(stored, validated, market, sessions),
+            coverage_result(by_session),
+        ]
+        yield from publish_if_checks_pass(context, lake, batch, check_results)
         yield dg.MaterializeResult(
             metadata={
                 **session_metadata(
@@ -148,10 +157,7 @@ def order_books_asset(market: str) -> dg.AssetsDefinition:
                 ),
                 "interval_minutes": interval,
             },
-            check_results=[
-                order_book_rules_result(stored, validated, market, sessions),
-                coverage_result(by_session),
-            ],
+            check_results=check_results,
         )
 
     return order_books

@@ -22,6 +22,7 @@ from resources.sources.files import FilesSource, SessionUniverse
 
 from .markets import MARKETS, partition_dates, partitions_def, previous_session
 from .metadata import markdown_table, path_value, session_metadata
+from .publish import publish_if_checks_pass
 from .retries import provider_retries
 from .schemas import DAILY_PRICES, UNIVERSE, conform
 
@@ -120,13 +121,29 @@ def daily_prices_asset(market: str) -> dg.AssetsDefinition:
         validated = validate(standardise(raw))
         stored = validated.clean
         quarantined = validated.quarantined
-        # Replaces exactly this run's partitions (stored and quarantine), each atomically.
-        lake.write_partitions("daily_prices", market, stored, sessions)
-        # Undated rows cannot name their session: they are filed, as they are, under the last.
-        lake.write_quarantine("daily_prices", market, quarantined, sessions, undated=max(sessions))
+        # Staged, not yet visible: replaces exactly this run's partitions (stored and
+        # quarantine) together once the blocking checks pass. Undated rows cannot name their
+        # session: they are filed, as they are, under the last.
+        batch = lake.stage(
+            context.run_id,
+            "daily_prices",
+            market,
+            stored,
+            quarantined,
+            sessions,
+            undated=max(sessions),
+        )
 
         by_session = completeness_by_session(stored, universe, sessions)
         previous = _previous_stored(lake, market, min(sessions))
+        check_results = [
+            price_relationships_result(stored, validated),
+            completeness_result(
+                by_session, remedy=checked_against.remedy if checked_against else None
+            ),
+            suspicious_jumps_result(stored, previous, sessions),
+        ]
+        yield from publish_if_checks_pass(context, lake, batch, check_results)
         yield dg.MaterializeResult(
             metadata={
                 **session_metadata(
@@ -146,13 +163,7 @@ def daily_prices_asset(market: str) -> dg.AssetsDefinition:
                 ),
                 **({"universe_rule": checked_against.rule} if checked_against else {}),
             },
-            check_results=[
-                price_relationships_result(stored, validated),
-                completeness_result(
-                    by_session, remedy=checked_against.remedy if checked_against else None
-                ),
-                suspicious_jumps_result(stored, previous, sessions),
-            ],
+            check_results=check_results,
         )
 
     return daily_prices

@@ -5,7 +5,12 @@ What goes, and only this:
   older than MARKETPIPE_QUARANTINE_RETENTION_DAYS (30): rejected rows are kept longer than the
   transient capture, shorter than the data itself;
 - capture files and folders under `<spool>/order_books/` whose date is older than
-  MARKETPIPE_SPOOL_RETENTION_DAYS (3).
+  MARKETPIPE_SPOOL_RETENTION_DAYS (3);
+- rejected batches `<lake>/_rejected/<dataset>/market=<m>/<UTC time>-<run id>/` rejected longer
+  ago than the quarantine's retention, and staged batches (`<lake>/_staging/`) and hidden `.tmp`
+  files abandoned more than a day ago by runs that died before publishing (LakeResource.
+  sweep_staging: a batch whose publish journal exists is finished by the next recovery, never
+  swept).
 The trade spool (`<spool>/trades/<market>.sqlite`) is not touched: it is one live database whose
 unflushed rows may be the only copy of trades, and the collector prunes its own flushed rows
 after the same number of days (resources/trade_spool.py).
@@ -34,6 +39,7 @@ import fsspec
 
 from resources.book_spool import spool_dir
 from resources.lake import LakeResource
+from resources.publishing import REJECTED
 
 from .freshness import evaluation_time
 
@@ -44,6 +50,7 @@ DEFAULT_SPOOL_DAYS = 3
 # The capture folders of the spool; anything else there (a cursor, a lock) is not ours to age.
 SPOOL_DATASETS = ("order_books",)
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_REJECTED_NAME = re.compile(r"^\d{8}T\d{6}Z-")
 _LISTED = 200  # deleted paths named in the run's metadata
 
 
@@ -106,6 +113,21 @@ def expired_quarantine(lake: LakeResource, cutoff: dt.date) -> list[Expired]:
             continue
         unit = units[f"{root}/{'/'.join(parts[:3])}"]
         unit[0] = _path_date(parts[2][len("date=") :])
+        unit[1] += int(info.get("size") or 0)
+    return _group(units, cutoff)
+
+
+def expired_rejected(lake: LakeResource, cutoff: dt.date) -> list[Expired]:
+    """Rejected batch folders (named `<UTC time>-<run id>`) rejected before `cutoff`."""
+    root = f"{lake.root}/{REJECTED}"
+    units: dict[str, list] = defaultdict(lambda: [None, 0])
+    for path, info in _files(lake.fs, root).items():
+        parts = path[len(root) + 1 :].split("/")
+        batch = next((i for i, part in enumerate(parts) if _REJECTED_NAME.match(part)), None)
+        if batch is None:
+            continue
+        unit = units[f"{root}/{'/'.join(parts[: batch + 1])}"]
+        unit[0] = dt.date.fromisoformat(parts[batch][:8])  # YYYYMMDD parses as ISO basic
         unit[1] += int(info.get("size") or 0)
     return _group(units, cutoff)
 
@@ -181,14 +203,19 @@ def remove_expired(
     folder = config.spool_dir or str(spool_dir())
 
     quarantine = expired_quarantine(lake, today - dt.timedelta(days=q_days))
+    rejected = expired_rejected(lake, today - dt.timedelta(days=q_days))
     spool_fs, spool, pending = expired_spool(folder, today - dt.timedelta(days=s_days), lake)
     if not config.dry_run:
         _remove(lake.fs, quarantine)
+        _remove(lake.fs, rejected)
         _remove(spool_fs, spool)
+    staging = lake.sweep_staging(dry_run=config.dry_run)
     verb = "would delete" if config.dry_run else "deleted"
     context.log.info(
         f"{verb} {len(quarantine)} quarantine partition(s) older than {q_days} days and "
-        f"{len(spool)} spool path(s) older than {s_days} days (as of {today}); kept "
+        f"{len(rejected)} rejected batch(es) older than {q_days} days, {len(staging)} "
+        f"abandoned staging path(s) and {len(spool)} spool path(s) older than {s_days} days "
+        f"(as of {today}); kept "
         f"{len(pending)} expired spool session(s) not yet stored in the lake"
     )
     for item in pending:
@@ -198,6 +225,7 @@ def remove_expired(
         "as_of": today.isoformat(),
         "quarantine": _summary(quarantine, lake.uri),
         "spool": _summary(spool, lambda p: p),
+        "rejected": _summary(rejected, lake.uri),
     }
     return dg.Output(
         summary,
@@ -209,9 +237,16 @@ def remove_expired(
             "quarantine_bytes": summary["quarantine"]["bytes"],
             "spool_paths": len(spool),
             "spool_bytes": summary["spool"]["bytes"],
+            "rejected_batches": len(rejected),
+            "staging_paths": len(staging),
             "spool_kept_not_ingested": dg.MetadataValue.json([e.path for e in pending][:_LISTED]),
             ("would_delete" if config.dry_run else "deleted"): dg.MetadataValue.json(
-                {"quarantine": summary["quarantine"]["listed"], "spool": summary["spool"]["listed"]}
+                {
+                    "quarantine": summary["quarantine"]["listed"],
+                    "rejected": summary["rejected"]["listed"],
+                    "staging": staging[:_LISTED],
+                    "spool": summary["spool"]["listed"],
+                }
             ),
         },
     )
@@ -219,8 +254,8 @@ def remove_expired(
 
 @dg.job(
     name="lake_retention",
-    description="Quarantine kept 30 days, spool captures 3 days (configurable); stored "
-    "partitions are never touched.",
+    description="Quarantine and rejected batches kept 30 days, spool captures 3 days "
+    "(configurable), abandoned staging 1 day; stored partitions are never touched.",
 )
 def retention_job():
     remove_expired()

@@ -2,14 +2,15 @@
 statistics, built from the collector's trade batches in the lake; and the sensor that requests
 an hour once it has closed plus a grace period, and again when late trades land in it.
 
-Lake layout (one file per hour, each replaced atomically, written in this order):
+Lake layout (one file per hour and dataset; a run's files are published together once its
+blocking check passes, see resources/publishing.py):
   trade_minutes/market=<m>/date=<UTC day>/hour=<HH>/part-0.parquet      TRADE_MINUTES
   trade_aggregates/market=<m>/date=<UTC day>/hour=<HH>/part-0.parquet   TRADE_AGGREGATES
   trade_aggregate_sources/market=<m>/date=<UTC day>/hour=<HH>/part-0.parquet
 plus quarantine/trade_aggregates/... (same layout) for the trades an hour rejected.
-The sources file, written last, records the highest trades batch id of each trades folder the
-hour was built from: a batch with a higher id is newer than the aggregate, so readers (the
-queries) know whether the stored hour is complete or must be recomputed from raw trades.
+The sources file, moved into place last, records the highest trades batch id of each trades
+folder the hour was built from: a batch with a higher id is newer than the aggregate, so readers
+(the queries) know whether the stored hour is complete or must be recomputed from raw trades.
 """
 
 import datetime as dt
@@ -35,10 +36,12 @@ from checks.trade_checks import (
     validate_trades,
 )
 from resources.lake import PART_FILE, LakeResource
+from resources.publishing import Batch
 from resources.trade_spool import read_unflushed
 
 from .markets import MARKETS, all_sessions, session_bounds, sessions_between
 from .metadata import counts_by_session, markdown_table, path_value, per_session, run_totals
+from .publish import publish_if_checks_pass
 from .schemas import TRADE_AGGREGATES, TRADES
 
 DATASET = "trade_aggregates"
@@ -234,9 +237,16 @@ def hour_path(dataset: str, market: str, hour: dt.datetime) -> str:
 
 
 def read_hours(
-    lake: LakeResource, dataset: str, market: str, hours: list[dt.datetime], schema: pl.Schema
+    lake: LakeResource,
+    dataset: str,
+    market: str,
+    hours: list[dt.datetime],
+    schema: pl.Schema,
+    *,
+    batch: Batch | None = None,
 ) -> pl.DataFrame:
-    frames = [lake.read_files(hour_path(dataset, market, h), schema) for h in hours]
+    """Published hours, or with `batch` those it staged."""
+    frames = [lake.read_files(hour_path(dataset, market, h), schema, batch=batch) for h in hours]
     return pl.concat(frames) if frames else pl.DataFrame(schema=schema)
 
 
@@ -307,9 +317,10 @@ def aggregate(trades: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
 class HoursBuilt:
     validated: Validated
     duplicates_dropped: int
-    hourly: pl.DataFrame  # as read back from the lake
+    hourly: pl.DataFrame  # as read back from the staged files
     minutes: pl.DataFrame
     batch_files: int
+    batch: Batch  # staged, not yet published
 
 
 def build_hours(
@@ -318,9 +329,12 @@ def build_hours(
     hours: list[dt.datetime],
     now: dt.datetime,
     stage: Stage = lambda name: nullcontext(),
+    *,
+    run_id: str = "",
+    into: Batch | None = None,
 ) -> HoursBuilt:
-    """Aggregate and store `hours` (a few, of one day) from the trades batches in the lake
-    (the bench times the steps by `stage`)."""
+    """Aggregate and stage `hours` (a few, of one day) from the trades batches in the lake, into
+    a new batch or `into` (the bench times the steps by `stage`)."""
     start, end = min(hours), max(hours) + HOUR
     with stage("read"):
         # Listed once: the recorded batch ids and the trades read agree while the flusher adds
@@ -334,40 +348,38 @@ def build_hours(
     with stage("aggregate"):
         hourly, minutes = aggregate(validated.clean)
     with stage("write"):
-        _write_hours(lake, market, hours, hourly, minutes, validated.quarantined, files, now)
+        staged, removed = _hour_files(lake, market, hours, hourly, minutes, validated, files, now)
+        batch = lake.stage_files(run_id, DATASET, market, staged, removed, into=into)
     with stage("read_back"):
+        # The reconcile check judges the files as written, before anything is published.
         return HoursBuilt(
             validated=validated,
             duplicates_dropped=len(raw) - len(deduped),
-            hourly=read_hours(lake, DATASET, market, hours, TRADE_AGGREGATES),
-            minutes=read_hours(lake, MINUTES_DATASET, market, hours, TRADE_MINUTES),
+            hourly=read_hours(lake, DATASET, market, hours, TRADE_AGGREGATES, batch=batch),
+            minutes=read_hours(lake, MINUTES_DATASET, market, hours, TRADE_MINUTES, batch=batch),
             batch_files=len(files),
+            batch=batch,
         )
 
 
-def _write_hours(lake, market, hours, hourly, minutes, bad, files, now) -> None:
-    """Per hour: minutes, aggregates, quarantine, then the sources stamp that marks it done."""
+def _hour_files(lake, market, hours, hourly, minutes, validated, files, now):
+    """Per hour: minutes, aggregates, quarantined trades (none: the old file goes) and the
+    sources stamp that marks it done; published together, so the stamp never runs ahead."""
+    staged: dict[str, pl.DataFrame] = {}
+    removed: list[str] = []
+    bad = validated.quarantined
     for hour in hours:
-        lake.write_file(
-            hour_path(MINUTES_DATASET, market, hour),
-            minutes.filter(pl.col("minute_start").dt.truncate("1h") == hour),
-        )
-        lake.write_file(
-            hour_path(DATASET, market, hour), hourly.filter(pl.col("hour_start") == hour)
-        )
-        _replace_quarantine(lake, market, hour, bad.filter(pl.col("ts").dt.truncate("1h") == hour))
-        lake.write_file(
-            hour_path(SOURCES_DATASET, market, hour), _sources(market, hour, files, now)
-        )
-
-
-def _replace_quarantine(lake: LakeResource, market: str, hour: dt.datetime, bad: pl.DataFrame):
-    """Replaces exactly this hour's quarantined trades; none -> no file."""
-    relative = hour_path(QUARANTINE_DATASET, market, hour)
-    if len(bad):
-        lake.write_file(relative, bad)
-    elif lake.fs.exists(f"{lake.root}/{relative}"):
-        lake.fs.rm(f"{lake.root}/{relative}")
+        of_hour = pl.col("minute_start").dt.truncate("1h") == hour
+        staged[hour_path(MINUTES_DATASET, market, hour)] = minutes.filter(of_hour)
+        staged[hour_path(DATASET, market, hour)] = hourly.filter(pl.col("hour_start") == hour)
+        quarantine = hour_path(QUARANTINE_DATASET, market, hour)
+        rejected = bad.filter(pl.col("ts").dt.truncate("1h") == hour)
+        if len(rejected):
+            staged[quarantine] = rejected
+        elif lake.fs.exists(f"{lake.root}/{quarantine}"):
+            removed.append(quarantine)
+        staged[hour_path(SOURCES_DATASET, market, hour)] = _sources(market, hour, files, now)
+    return staged, removed
 
 
 def _sources(market: str, hour: dt.datetime, files: list[BatchFile], now: dt.datetime):
@@ -400,7 +412,12 @@ def trade_aggregates_asset(market: str) -> dg.AssetsDefinition:
         for hour in hours:
             by_day.setdefault(hour.date(), []).append(hour)
         # One UTC day at a time: a range run never holds more than a day of trades.
-        built = [build_hours(lake, market, day_hours, now) for day_hours in by_day.values()]
+        built, batch = [], None
+        for day_hours in by_day.values():
+            built.append(
+                build_hours(lake, market, day_hours, now, run_id=context.run_id, into=batch)
+            )
+            batch = built[-1].batch
         validated = Validated(
             clean=pl.concat([b.validated.clean for b in built]),
             quarantined=pl.concat([b.validated.quarantined for b in built]),
@@ -411,6 +428,13 @@ def trade_aggregates_asset(market: str) -> dg.AssetsDefinition:
         )
         hourly = pl.concat([b.hourly for b in built])
         minutes = pl.concat([b.minutes for b in built])
+        check_results = [
+            trade_rules_result(validated, sum(b.duplicates_dropped for b in built)),
+            reconcile_result(validated.clean, hourly, minutes),
+        ]
+        # Every hour of the run (aggregates, minutes, quarantine, sources) is published together
+        # once the blocking reconcile check passes.
+        yield from publish_if_checks_pass(context, lake, batch, check_results)
         yield dg.MaterializeResult(
             metadata={
                 **per_session(
@@ -437,10 +461,7 @@ def trade_aggregates_asset(market: str) -> dg.AssetsDefinition:
                     else {}
                 ),
             },
-            check_results=[
-                trade_rules_result(validated, sum(b.duplicates_dropped for b in built)),
-                reconcile_result(validated.clean, hourly, minutes),
-            ],
+            check_results=check_results,
         )
 
     return trade_aggregates

@@ -1,9 +1,12 @@
 """The parquet lake on fsspec: local disk by default, s3:// through s3fs.
 
 Layout (CONTRACT section 3): <lake>/<dataset>/market=<m>/date=<YYYY-MM-DD>/part-0.parquet and
-<lake>/quarantine/<dataset>/... for rejected rows. A partition is exactly one file, replaced
-atomically: locally by writing a hidden temp file and renaming it over the old one, on S3 by a
-single PUT (an object appears whole or not at all). A failed write leaves the old file in place.
+<lake>/quarantine/<dataset>/... for rejected rows. Stored and quarantine files of a run are
+written, audited and published together (write-audit-publish, resources/publishing.py): staged
+under <lake>/_staging/, judged by the run's blocking checks, then moved into place under one
+journal, so marketpipe's readers see a partition's old pair of files or its new pair, never one
+of each. Single files (the universe, trade batches, the failure log) are replaced atomically
+on their own: locally a hidden temp file renamed over the old one, on S3 a single PUT.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ import pyarrow.parquet as pq
 from pydantic import PrivateAttr
 
 from marketpipe_assets.schemas import quarantine_schema
+
+from . import publishing
+from .publishing import Batch
 
 PART_FILE = "part-0.parquet"
 # Enough concurrent writes to hide S3 latency; local writes are CPU-bound and gain little more.
@@ -77,12 +83,12 @@ class LakeResource(dg.ConfigurableResource):
         return f"{self.root}/{dataset}/market={market}"
 
     def partition_file(self, dataset: str, market: str, day: dt.date) -> str:
-        return f"{self.market_dir(dataset, market)}/date={day.isoformat()}/{PART_FILE}"
+        return f"{self.root}/{partition_path(dataset, market, day)}"
 
     def uri(self, path: str) -> str:
         return path if self.is_local else f"{self.fs.protocol[0]}://{path}"
 
-    # Writing --------------------------------------------------------------------------------
+    # Writing single files -------------------------------------------------------------------
     def _write_file(self, frame: pl.DataFrame, path: str) -> None:
         if self.is_local:
             directory = os.path.dirname(path)
@@ -96,8 +102,120 @@ class LakeResource(dg.ConfigurableResource):
                 if os.path.exists(tmp):
                     os.remove(tmp)
         else:
+            self._put_parquet(frame, path)
+
+    def _put_parquet(self, frame: pl.DataFrame, path: str) -> None:
+        """A file nothing reads yet (staged) or an S3 object (one PUT: whole or absent)."""
+        if self.is_local:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            frame.write_parquet(path, compression="zstd", statistics=True)
+        else:
             with self.fs.open(path, "wb") as fh:
                 frame.write_parquet(fh, compression="zstd", statistics=True)
+
+    def _run_writes(self, jobs: list[tuple[pl.DataFrame, str]]) -> None:
+        if len(jobs) <= 1:
+            for frame, path in jobs:
+                self._put_parquet(frame, path)
+            return
+        with ThreadPoolExecutor(_WRITE_THREADS) as pool:
+            list(pool.map(lambda job: self._put_parquet(*job), jobs))
+
+    def write_table(self, dataset: str, market: str, frame: pl.DataFrame) -> str:
+        """Replace an unpartitioned table such as the universe."""
+        path = f"{self.market_dir(dataset, market)}/{PART_FILE}"
+        self._write_file(frame, path)
+        return path
+
+    def write_file(self, relative: str, frame: pl.DataFrame) -> str:
+        """Write one parquet file at `<lake>/<relative>` atomically (datasets made of several
+        files per partition, such as micro-batches of trades). Returns its path."""
+        path = f"{self.root}/{relative}"
+        self._write_file(frame, path)
+        return path
+
+    # Write-audit-publish ---------------------------------------------------------------------
+    def stage(
+        self,
+        run_id: str,
+        dataset: str,
+        market: str,
+        stored: pl.DataFrame,
+        quarantined: pl.DataFrame | None,
+        days: Iterable[dt.date],
+        *,
+        date_column: str = "trade_date",
+        undated: dt.date | None = None,
+    ) -> Batch:
+        """Stage the replacement of `days`' partitions of `dataset` and of its quarantine: each
+        day's stored rows (an empty file if none) and quarantined rows (rows where any, no file
+        where none; rows without a date go, as they are, to `undated`, default the last day).
+        `quarantined=None`: a dataset without quarantine. Nothing is visible until publish()."""
+        days = list(days)
+        files = partition_files(dataset, market, stored, days, date_column)
+        deletes: list[str] = []
+        if quarantined is not None:
+            changes = self._quarantine_changes(
+                dataset, market, quarantined, days, date_column, undated
+            )
+            files.update(changes[0])
+            deletes = changes[1]
+        return self.stage_files(run_id, dataset, market, files, deletes)
+
+    def stage_files(
+        self,
+        run_id: str,
+        dataset: str,
+        market: str,
+        files: Mapping[str, pl.DataFrame],
+        deletes: Iterable[str] = (),
+        *,
+        into: Batch | None = None,
+    ) -> Batch:
+        """Stage `files` (path relative to the lake -> rows) and the published files to remove,
+        as a new batch or added to `into`. A failed write removes what this batch staged."""
+        batch = into or publishing.new_batch(run_id, dataset, market)
+        try:
+            self._run_writes(
+                [(frame, f"{self.root}/{batch.staged(rel)}") for rel, frame in files.items()]
+            )
+        except BaseException:
+            publishing.discard(self.fs, self.root, batch)
+            raise
+        return batch.including(files, deletes)
+
+    def publish(self, batch: Batch) -> None:
+        """Move the staged batch into place as one journaled step (rolled forward by recover()
+        if this process dies half-way); first finishes any publish a crashed process left."""
+        self.recover()
+        publishing.publish(self.fs, self.root, self.is_local, batch)
+
+    def reject(self, batch: Batch, reason: str) -> str:
+        """Keep a batch that failed its audit under <lake>/_rejected/<dataset>/market=<m>/
+        <UTC time>-<run id>/ (its files at the paths they would have had, plus _reason.json);
+        returns that folder's URI. Published partitions are not touched."""
+        return self.uri(publishing.reject(self.fs, self.root, self.is_local, batch, reason))
+
+    def recover(self) -> int:
+        """Roll forward every publish a crashed process left half-done (one listing when there
+        is none); returns how many were finished."""
+        return publishing.recover(self.fs, self.root, self.is_local)
+
+    def sweep_staging(
+        self,
+        *,
+        older_than: dt.timedelta = publishing.STALE_AFTER,
+        now: dt.datetime | None = None,
+        dry_run: bool = False,
+    ) -> list[str]:
+        """Remove staged batches abandoned before `now - older_than` (never one a journal still
+        names) and hidden `.tmp` files as old; returns their URIs."""
+        now = now or dt.datetime.now(dt.UTC)
+        stale = publishing.stale(self.fs, self.root, self.is_local, now - older_than)
+        if not dry_run:
+            for path in stale:
+                self.fs.rm(path, recursive=True)
+        return [self.uri(p) for p in stale]
 
     def write_partitions(
         self,
@@ -108,15 +226,11 @@ class LakeResource(dg.ConfigurableResource):
         *,
         date_column: str = "trade_date",
     ) -> int:
-        """Replace each of `days`' partitions with the frame's rows of that day (empty if none).
-
-        Returns the number of files written.
-        """
-        by_day = _split_by_day(frame, date_column)
-        empty = frame.clear()
-        jobs = [(by_day.get(d, empty), self.partition_file(dataset, market, d)) for d in days]
-        self._run_writes(jobs)
-        return len(jobs)
+        """Replace each of `days`' partitions with the frame's rows of that day (empty if none),
+        all published together, with no audit. Returns the number of files written."""
+        files = partition_files(dataset, market, frame, list(days), date_column)
+        self.publish(self.stage_files("", dataset, market, files))
+        return len(files)
 
     def write_quarantine(
         self,
@@ -128,51 +242,46 @@ class LakeResource(dg.ConfigurableResource):
         undated: dt.date | None = None,
         date_column: str = "trade_date",
     ) -> int:
-        """Replace the quarantine partitions of `days`: rows where any, no file where none.
+        """Replace only the quarantine partitions of `days` (see stage()), with no audit.
+        Returns the number of rows written."""
+        days = list(days)
+        files, deletes = self._quarantine_changes(
+            dataset, market, frame, days, date_column, undated
+        )
+        self.publish(self.stage_files("", dataset, market, files, deletes))
+        return len(frame)
 
-        Rows without a date are kept unchanged in the `undated` day's file (default: the last
-        of `days`).
-        """
+    def _quarantine_changes(
+        self,
+        dataset: str,
+        market: str,
+        frame: pl.DataFrame,
+        days: list[dt.date],
+        date_column: str,
+        undated: dt.date | None,
+    ) -> tuple[dict[str, pl.DataFrame], list[str]]:
+        """Quarantine files of `days` (rows where any) and those to remove (no rows any more);
+        rows without a date are kept unchanged in the `undated` day's file (default: the last
+        of `days`)."""
         qdataset = f"quarantine/{dataset}"
         by_day = _split_by_day(frame, date_column)
-        days = list(days)
         if None in by_day:
             nulls, undated = by_day.pop(None), undated or max(days)
             by_day[undated] = pl.concat([by_day[undated], nulls]) if undated in by_day else nulls
-        self._run_writes(
-            [(by_day[d], self.partition_file(qdataset, market, d)) for d in days if d in by_day]
-        )
-        stale = (self.existing_days(qdataset, market) & set(days)) - set(by_day)
-        for day in stale:
-            self.fs.rm(self.partition_file(qdataset, market, day))
-        return sum(len(by_day[d]) for d in days if d in by_day)
-
-    def _run_writes(self, jobs: list[tuple[pl.DataFrame, str]]) -> None:
-        if len(jobs) <= 1:
-            for frame, path in jobs:
-                self._write_file(frame, path)
-            return
-        with ThreadPoolExecutor(_WRITE_THREADS) as pool:
-            list(pool.map(lambda job: self._write_file(*job), jobs))
-
-    def write_table(self, dataset: str, market: str, frame: pl.DataFrame) -> str:
-        """Replace an unpartitioned table such as the universe."""
-        path = f"{self.market_dir(dataset, market)}/{PART_FILE}"
-        self._write_file(frame, path)
-        return path
+        files = {partition_path(qdataset, market, d): by_day[d] for d in days if d in by_day}
+        emptied = (self.existing_days(qdataset, market) & set(days)) - set(by_day)
+        return files, [partition_path(qdataset, market, d) for d in sorted(emptied)]
 
     # Reading --------------------------------------------------------------------------------
-    def write_file(self, relative: str, frame: pl.DataFrame) -> str:
-        """Write one parquet file at `<lake>/<relative>` atomically (datasets made of several
-        files per partition, such as micro-batches of trades). Returns its path."""
-        path = f"{self.root}/{relative}"
-        self._write_file(frame, path)
-        return path
-
-    def read_files(self, pattern: str, schema: Mapping[str, pl.DataType]) -> pl.DataFrame:
+    def read_files(
+        self, pattern: str, schema: Mapping[str, pl.DataType], *, batch: Batch | None = None
+    ) -> pl.DataFrame:
         """Every parquet file matching `<lake>/<pattern>` (a glob; hidden temp files never
-        match), cast to `schema`; none -> an empty frame."""
-        paths = sorted(p for p in self.fs.glob(f"{self.root}/{pattern}") if p.endswith(".parquet"))
+        match), cast to `schema`; none -> an empty frame. With `batch`: its staged files."""
+        if batch is None:
+            self.recover()
+        base = self.root if batch is None else f"{self.root}/{batch.staged('')}".rstrip("/")
+        paths = sorted(p for p in self.fs.glob(f"{base}/{pattern}") if p.endswith(".parquet"))
         if not paths:
             return pl.DataFrame(schema=dict(schema))
         if self.is_local:
@@ -182,6 +291,10 @@ class LakeResource(dg.ConfigurableResource):
         return frame.cast(dict(schema)).rechunk()
 
     def existing_days(self, dataset: str, market: str) -> set[dt.date]:
+        self.recover()
+        return self._existing_days(dataset, market)
+
+    def _existing_days(self, dataset: str, market: str) -> set[dt.date]:
         try:
             entries = self.fs.ls(self.market_dir(dataset, market), detail=False)
         except FileNotFoundError:
@@ -234,6 +347,19 @@ class LakeResource(dg.ConfigurableResource):
         return self.read_partitions(
             f"quarantine/{dataset}", market, quarantine_schema(pl.Schema(schema)), **bounds
         )
+
+
+def partition_path(dataset: str, market: str, day: dt.date) -> str:
+    """A partition's file, relative to the lake root."""
+    return f"{dataset}/market={market}/date={day.isoformat()}/{PART_FILE}"
+
+
+def partition_files(
+    dataset: str, market: str, frame: pl.DataFrame, days: list[dt.date], date_column: str
+) -> dict[str, pl.DataFrame]:
+    """Each day's file with the frame's rows of that day (an empty frame when none)."""
+    by_day, empty = _split_by_day(frame, date_column), frame.clear()
+    return {partition_path(dataset, market, d): by_day.get(d, empty) for d in days}
 
 
 def _split_by_day(frame: pl.DataFrame, date_column: str) -> dict[dt.date, pl.DataFrame]:

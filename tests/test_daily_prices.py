@@ -235,8 +235,12 @@ def test_a_range_run_records_each_sessions_own_facts_on_its_partition(lake, inst
 def test_bad_rows_are_quarantined_with_their_rules_and_nothing_is_lost(tmp_path, instance):
     market = "krx"
     lake = LakeResource(url=str(tmp_path / "lake"))
+    # 3% bad rows and none missing: completeness (blocking) holds, so the batch is published.
     market_data = MarketDataResource(
-        synthetic_symbols=200, synthetic_bad_row_rate=0.05, landing_url="unused-landing"
+        synthetic_symbols=200,
+        synthetic_missing_rate=0.0,
+        synthetic_bad_row_rate=0.03,
+        landing_url="unused-landing",
     )
     store_universe(market, lake, market_data, instance)
     day = recent_sessions(market, 1)[0]
@@ -252,7 +256,6 @@ def test_bad_rows_are_quarantined_with_their_rules_and_nothing_is_lost(tmp_path,
         instance=instance,
         partition_key=day,
     )
-    # 5% bad rows may pull completeness under 95% (a blocking failure): the data is stored anyway.
     assert [e.partition for e in materializations(result, market, "daily_prices")] == [day]
 
     stored = pl.read_parquet(part_file(lake, "daily_prices", market, day))
@@ -326,8 +329,11 @@ def test_incomplete_session_fails_completeness_and_blocks_indicators(tmp_path, i
     assert not checks["completeness"].passed
     assert checks["completeness"].metadata["sessions_below_threshold"].value == [day]
     assert checks["price_relationships"].passed
-    # The prices themselves are stored; only their dependants are held back.
-    assert part_file(lake, "daily_prices", market, day).exists()
+    # Nothing is published (write-audit-publish); the rejected batch is kept for inspection.
+    assert not part_file(lake, "daily_prices", market, day).exists()
+    assert not materializations(result, market, "daily_prices")
+    [rejected] = (Path(lake.url) / "_rejected" / "daily_prices" / f"market={market}").iterdir()
+    assert (rejected / f"daily_prices/market={market}/date={day}/part-0.parquet").exists()
     # Blocking: the indicators step never ran in this run and wrote nothing.
     assert result.is_node_skipped("krx__indicators") or result.is_node_untouched("krx__indicators")
     assert not materializations(result, market, "indicators")
@@ -445,10 +451,11 @@ def test_rerun_replaces_the_partition_and_its_quarantine(tmp_path, instance):
     folder = part_file(lake, "daily_prices", market, day).parent
     qdir = quarantine_dir(lake, market, day)
     previous = None
-    runs = [(11, 0.05), (12, 0.05), (13, 0.0)]
+    runs = [(11, 0.03), (12, 0.03), (13, 0.0)]  # few enough bad rows for completeness to hold
     for seed, bad_rate in runs:
         market_data = MarketDataResource(
             synthetic_symbols=200,
+            synthetic_missing_rate=0.0,
             synthetic_seed=seed,
             synthetic_bad_row_rate=bad_rate,
             landing_url="unused-landing",

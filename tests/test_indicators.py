@@ -58,8 +58,8 @@ def test_stored_indicators_match_talib_across_partition_boundaries(tmp_path, ins
     # history TA-Lib sees. Only a handful per session, so completeness holds.
     market_data = MarketDataResource(
         synthetic_symbols=60,
-        synthetic_missing_rate=0.005,
-        synthetic_bad_row_rate=0.01,
+        synthetic_missing_rate=0.002,
+        synthetic_bad_row_rate=0.004,
         landing_url="unused-landing",
     )
     assert materialize(

@@ -95,7 +95,8 @@ def test_crash_mid_write_leaves_the_old_partition_readable(
 ):
     day, path, before = stored_session
     old_digest = digest(path)
-    pattern = str(path.parent / ".part-0.parquet.*.tmp")
+    # The writer stages its file under _staging/ (hidden from readers) before publishing it.
+    pattern = f"{lake.url}/_staging/*/daily_prices/market=krx/date={day}/part-0.parquet"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     writer = subprocess.Popen(
         [sys.executable, "-c", _WRITER, lake.url, day, "20000000"],
@@ -120,9 +121,10 @@ def test_crash_mid_write_leaves_the_old_partition_readable(
             writer.wait()
     assert writer.returncode == -signal.SIGKILL
     assert b"written" not in writer.stdout.read()
-    # The half-written file is still there (nothing cleaned it up) ...
+    # The half-written file is still there (the retention job sweeps it after a day) ...
     leftovers = glob.glob(pattern)
     assert len(leftovers) == 1
+    assert not glob.glob(f"{lake.url}/_journal/*.json")  # it was never published
 
     # ... yet the partition is exactly the old one, for marketpipe and for plain readers.
     assert digest(path) == old_digest
@@ -185,8 +187,10 @@ def test_write_errors_leave_the_old_file(stored_session, lake, monkeypatch):
     with pytest.raises(OSError, match="No space left"):
         lake.write_partitions("daily_prices", "krx", before.with_columns(pl.col("close") * 2), when)
     monkeypatch.undo()
-    assert len(targets) == 1 and targets[0].parent == path.parent and targets[0] != path
-    assert not targets[0].exists()  # the partial file was removed
+    # It was a staged file, never the partition's; the failed batch's staging is removed.
+    assert len(targets) == 1 and "_staging" in targets[0].parts and targets[0] != path
+    assert not targets[0].exists()
+    assert not list((Path(lake.url) / "_staging").iterdir())
     assert_untouched()
 
     # The same frame written without the fault does replace the partition.

@@ -285,11 +285,17 @@ def test_unknown_symbol_counts_as_missing_not_fatal(tmp_path, lake, instance, fa
     sessions = recent_sessions("us", 2)
     result = run_daily(tmp_path, lake, instance, sessions)
 
-    # The step stores the others; the completeness check (blocking) reports the gap.
-    assert materialized_prices(result)
-    assert_frame_equal(stored(lake, sessions), fake.truth(["AAPL", "MSFT"], days(sessions)))
+    # The step fetches the others; the completeness check (blocking) reports the gap, so the
+    # batch is kept in _rejected/ instead of being published.
     evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert not evaluations["completeness"].passed
+    assert not materialized_prices(result)
+    assert stored(lake, sessions).is_empty()
+    [batch] = Path(lake.url, "_rejected", "daily_prices", "market=us").iterdir()
+    rejected = pl.read_parquet(batch / "daily_prices/market=us/*/*.parquet").select(DAILY_PRICES)
+    assert_frame_equal(
+        rejected.sort("symbol", "trade_date"), fake.truth(["AAPL", "MSFT"], days(sessions))
+    )
     assert fake.count(CANDLE) == len(SYMBOLS)  # no_data is not retried
     assert "NVDA" in caplog.text and "no data" in caplog.text
 
