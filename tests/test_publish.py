@@ -143,9 +143,6 @@ _KILLED_PUBLISHER = textwrap.dedent(
     from tests.test_publish import DAYS, arm, pair
 
     lake = LakeResource(url=sys.argv[1])
-    if sys.argv[3] == "seed-lake":
-        lake.publish(lake.stage("old", "daily_prices", "us", *pair(1), DAYS))
-        sys.exit(0)
     batch = lake.stage("new", "daily_prices", "us", *pair(0), DAYS)
     arm(lake, int(sys.argv[2]))  # SIGKILL this process before its n-th filesystem change
     lake.publish(batch)
@@ -156,10 +153,11 @@ _KILLED_PUBLISHER = textwrap.dedent(
 
 def arm(lake: LakeResource, n: int) -> None:
     """Make this process SIGKILL itself just before the n-th filesystem change of a publish:
-    os.replace/remove/unlink/rmdir locally, PUT/copy/delete on S3 (real kills, no fakes)."""
+    os.replace, os.remove, os.rmdir and shutil.rmtree (one change) locally, PUT, copy and
+    delete on S3 (real kills, no fakes)."""
     import threading
 
-    lock, count = threading.Lock(), [0]
+    lock, count, inside = threading.Lock(), [0], []
 
     def tick():
         with lock:
@@ -168,14 +166,20 @@ def arm(lake: LakeResource, n: int) -> None:
                 os.kill(os.getpid(), signal.SIGKILL)
 
     if lake.is_local:
-        for name in ("replace", "remove", "unlink", "rmdir"):
-            original = getattr(os, name)
+        for module, name in ((os, "replace"), (os, "remove"), (os, "rmdir"), (shutil, "rmtree")):
+            original = getattr(module, name)
 
             def counted(*args, _original=original, **kwargs):
+                if inside:  # rmtree's own rmdir calls are part of its one change
+                    return _original(*args, **kwargs)
                 tick()
-                return _original(*args, **kwargs)
+                inside.append(True)
+                try:
+                    return _original(*args, **kwargs)
+                finally:
+                    inside.pop()
 
-            setattr(os, name, counted)
+            setattr(module, name, counted)
         return
     for name in ("_pipe_file", "_cp_file", "_rm_file"):
         original = getattr(type(lake.fs), name)
@@ -220,9 +224,9 @@ def kill_at_every_step(url: str, env: dict) -> dict[int, str]:
     outcomes, mixed_before_recovery = {}, 0
     for n in range(1, 60):
         lake = LakeResource(url=f"{url}/kill-{n}")
-        run = [sys.executable, "-c", _KILLED_PUBLISHER, lake.url]
-        subprocess.run([*run, "0", "seed-lake"], cwd=ROOT, env=env, check=True, timeout=120)
-        done = subprocess.run([*run, str(n), "kill"], cwd=ROOT, env=env, capture_output=True)
+        lake.publish(lake.stage("old", "daily_prices", "us", *old, DAYS))
+        run = [sys.executable, "-c", _KILLED_PUBLISHER, lake.url, str(n)]
+        done = subprocess.run(run, cwd=ROOT, env=env, capture_output=True, timeout=300)
         if done.returncode == 0:
             assert b"published" in done.stdout
             assert same(read_pair(lake)[0], new[0])
