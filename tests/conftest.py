@@ -1,6 +1,7 @@
 """Shared fixtures: a temporary lake, small synthetic sources and a real temporary instance."""
 
 import datetime as dt
+import os
 import warnings
 
 import dagster as dg
@@ -88,3 +89,16 @@ def with_universe(lake, market_data, instance):
         )
         assert result.success
     return lake
+
+
+def cli_environment() -> dict[str, str]:
+    """The caller's environment for a Dagster CLI subprocess, without any MARKETPIPE_* setting
+    or DAGSTER_HOME: only what the test then sets applies."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("MARKETPIPE_") and k != "DAGSTER_HOME"
+    }
+    if "MARKETPIPE_CACHE_DIR" in os.environ:  # the session cache, not a setting
+        env["MARKETPIPE_CACHE_DIR"] = os.environ["MARKETPIPE_CACHE_DIR"]
+    return env

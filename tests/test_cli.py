@@ -1,7 +1,6 @@
 """End to end through Dagster's own CLI, as CONTRACT section 1 documents it."""
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import pytest
 from marketpipe_assets.automation import RANGE_END_TAG, RANGE_START_TAG
 from marketpipe_assets.markets import partition_dates
 from resources.lake import LakeResource
-from tests.conftest import recent_sessions
+from tests.conftest import cli_environment, recent_sessions
 
 ROOT = Path(__file__).resolve().parents[1]
 DAGSTER = Path(sys.executable).with_name("dagster")
@@ -42,14 +41,7 @@ def test_cli_materializes_a_partition_range_as_one_run(tmp_path):
     home.mkdir()
     shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
     lake_url = tmp_path / "lake"
-    # Only what this test sets: no MARKETPIPE_* or DAGSTER_HOME leaks in from the caller.
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("MARKETPIPE_") and k != "DAGSTER_HOME"
-    }
-    if "MARKETPIPE_CACHE_DIR" in os.environ:  # the session cache, not a setting
-        env["MARKETPIPE_CACHE_DIR"] = os.environ["MARKETPIPE_CACHE_DIR"]
+    env = cli_environment()
     env.update(
         DAGSTER_HOME=str(home),
         MARKETPIPE_LAKE_URL=str(lake_url),

@@ -292,7 +292,9 @@ def test_unknown_symbol_counts_as_missing_not_fatal(tmp_path, lake, instance, fa
     assert not materialized_prices(result)
     assert stored(lake, sessions).is_empty()
     [batch] = Path(lake.url, "_rejected", "daily_prices", "market=us").iterdir()
-    rejected = pl.read_parquet(batch / "daily_prices/market=us/*/*.parquet").select(DAILY_PRICES)
+    rejected = pl.read_parquet(batch / "daily_prices/market=us/*/*.parquet").select(
+        list(DAILY_PRICES)
+    )
     assert_frame_equal(
         rejected.sort("symbol", "trade_date"), fake.truth(["AAPL", "MSFT"], days(sessions))
     )
@@ -305,9 +307,12 @@ def test_nulls_in_the_arrays_end_in_quarantine(tmp_path, lake, instance, fake, c
     day = dt.date.fromisoformat(sessions[-1])
     fake.nulls[("AAPL", day)] = {"c"}
     fake.nulls[("MSFT", day)] = {"v"}
-    result = run_daily(tmp_path, lake, instance, sessions)
+    # Enough symbols that two rejected bars keep completeness above its 95% threshold (below
+    # it, nothing would be published).
+    symbols = ["AAPL", "MSFT", *(f"S{i:02d}" for i in range(40))]
+    result = run_daily(tmp_path, lake, instance, sessions, symbols=symbols)
 
-    truth = fake.truth(SYMBOLS, days(sessions))
+    truth = fake.truth(symbols, days(sessions))
     clean = stored(lake, sessions)
     quarantined = lake.read_quarantine("daily_prices", "us", DAILY_PRICES)
     assert sorted(quarantined["symbol"]) == ["AAPL", "MSFT"]

@@ -26,7 +26,7 @@ from marketpipe_assets.retention import retention_job
 from resources.lake import LakeResource
 from resources.market_data import MarketDataResource
 from resources.publishing import JOURNAL, REASON_FILE, REJECTED, STAGING
-from tests.conftest import SYMBOLS, materialize, recent_sessions
+from tests.conftest import SYMBOLS, cli_environment, materialize, recent_sessions
 from tests.test_lake import s3_server  # noqa: F401  (moto's S3 server on 127.0.0.1)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,14 +49,20 @@ def digests(files: dict[str, bytes]) -> dict[str, str]:
     return {k: hashlib.sha256(v).hexdigest() for k, v in files.items()}
 
 
+def noisy_source(**settings) -> MarketDataResource:
+    """Synthetic bars with no symbol missing and 5% bad rows (a quarantine file most days)."""
+    defaults = {
+        "synthetic_symbols": SYMBOLS,
+        "synthetic_missing_rate": 0.0,
+        "synthetic_bad_row_rate": 0.05,
+        "landing_url": "unused-landing",
+    }
+    return MarketDataResource(**{**defaults, **settings})
+
+
 # A failed audit --------------------------------------------------------------------------------
 def test_failed_completeness_leaves_the_published_pair_and_keeps_the_rejected_batch(lake, instance):
-    noisy = MarketDataResource(
-        synthetic_symbols=SYMBOLS,
-        synthetic_missing_rate=0.0,
-        synthetic_bad_row_rate=0.05,
-        landing_url="unused-landing",
-    )
+    noisy = noisy_source()
     [day] = recent_sessions("krx", 1)
     assert materialize(
         "krx", ("universe",), lake=lake, market_data=noisy, instance=instance
@@ -72,13 +78,7 @@ def test_failed_completeness_leaves_the_published_pair_and_keeps_the_rejected_ba
     first = instance.get_latest_materialization_event(key)
 
     # Half the symbols missing: completeness (blocking) fails on the staged batch.
-    gappy = MarketDataResource(
-        synthetic_symbols=SYMBOLS,
-        synthetic_missing_rate=0.5,
-        synthetic_seed=7,
-        synthetic_bad_row_rate=0.05,
-        landing_url="unused-landing",
-    )
+    gappy = noisy_source(synthetic_missing_rate=0.5, synthetic_seed=7)
     bad = materialize(
         "krx", ("daily_prices",), lake=lake, market_data=gappy, instance=instance, partition_key=day
     )
@@ -143,9 +143,6 @@ _KILLED_PUBLISHER = textwrap.dedent(
     from tests.test_publish import DAYS, arm, pair
 
     lake = LakeResource(url=sys.argv[1])
-    if sys.argv[3] == "seed-lake":
-        lake.publish(lake.stage("old", "daily_prices", "us", *pair(1), DAYS))
-        sys.exit(0)
     batch = lake.stage("new", "daily_prices", "us", *pair(0), DAYS)
     arm(lake, int(sys.argv[2]))  # SIGKILL this process before its n-th filesystem change
     lake.publish(batch)
@@ -156,10 +153,11 @@ _KILLED_PUBLISHER = textwrap.dedent(
 
 def arm(lake: LakeResource, n: int) -> None:
     """Make this process SIGKILL itself just before the n-th filesystem change of a publish:
-    os.replace/remove/unlink/rmdir locally, PUT/copy/delete on S3 (real kills, no fakes)."""
+    os.replace, os.remove, os.rmdir and shutil.rmtree (one change) locally, PUT, copy and
+    delete on S3 (real kills, no fakes)."""
     import threading
 
-    lock, count = threading.Lock(), [0]
+    lock, count, inside = threading.Lock(), [0], []
 
     def tick():
         with lock:
@@ -168,14 +166,20 @@ def arm(lake: LakeResource, n: int) -> None:
                 os.kill(os.getpid(), signal.SIGKILL)
 
     if lake.is_local:
-        for name in ("replace", "remove", "unlink", "rmdir"):
-            original = getattr(os, name)
+        for module, name in ((os, "replace"), (os, "remove"), (os, "rmdir"), (shutil, "rmtree")):
+            original = getattr(module, name)
 
             def counted(*args, _original=original, **kwargs):
+                if inside:  # rmtree's own rmdir calls are part of its one change
+                    return _original(*args, **kwargs)
                 tick()
-                return _original(*args, **kwargs)
+                inside.append(True)
+                try:
+                    return _original(*args, **kwargs)
+                finally:
+                    inside.pop()
 
-            setattr(os, name, counted)
+            setattr(module, name, counted)
         return
     for name in ("_pipe_file", "_cp_file", "_rm_file"):
         original = getattr(type(lake.fs), name)
@@ -220,9 +224,9 @@ def kill_at_every_step(url: str, env: dict) -> dict[int, str]:
     outcomes, mixed_before_recovery = {}, 0
     for n in range(1, 60):
         lake = LakeResource(url=f"{url}/kill-{n}")
-        run = [sys.executable, "-c", _KILLED_PUBLISHER, lake.url]
-        subprocess.run([*run, "0", "seed-lake"], cwd=ROOT, env=env, check=True, timeout=120)
-        done = subprocess.run([*run, str(n), "kill"], cwd=ROOT, env=env, capture_output=True)
+        lake.publish(lake.stage("old", "daily_prices", "us", *old, DAYS))
+        run = [sys.executable, "-c", _KILLED_PUBLISHER, lake.url, str(n)]
+        done = subprocess.run(run, cwd=ROOT, env=env, capture_output=True, timeout=300)
         if done.returncode == 0:
             assert b"published" in done.stdout
             assert same(read_pair(lake)[0], new[0])
@@ -297,13 +301,7 @@ def cli_env(tmp_path: Path, name: str, lake: Path, **extra: str) -> dict:
     home = tmp_path / name
     home.mkdir()
     shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("MARKETPIPE_") and k != "DAGSTER_HOME"
-    }
-    if "MARKETPIPE_CACHE_DIR" in os.environ:  # the session cache, not a setting
-        env["MARKETPIPE_CACHE_DIR"] = os.environ["MARKETPIPE_CACHE_DIR"]
+    env = cli_environment()
     hook = tmp_path / "hook"
     hook.mkdir(exist_ok=True)
     (hook / "sitecustomize.py").write_text(_KILL_HOOK)
@@ -338,25 +336,14 @@ def backfill(env: dict, first: str, last: str) -> subprocess.CompletedProcess:
 def test_cli_backfill_killed_mid_publish_then_rerun_equals_a_clean_run(tmp_path, instance):
     keys = recent_sessions("krx", 30)
     lake, clean = tmp_path / "lake", tmp_path / "clean"
-    market_data = MarketDataResource(
-        synthetic_symbols=SYMBOLS,
-        synthetic_missing_rate=0.0,
-        synthetic_bad_row_rate=0.05,
-        landing_url="unused-landing",
-    )
+    market_data = noisy_source()
     resource = LakeResource(url=str(lake))
     assert materialize(
         "krx", ("universe",), lake=resource, market_data=market_data, instance=instance
     ).success
     shutil.copytree(lake, clean)
     # Earlier data in the lake (another seed): the backfill replaces every partition of it.
-    earlier = MarketDataResource(
-        synthetic_symbols=SYMBOLS,
-        synthetic_missing_rate=0.0,
-        synthetic_bad_row_rate=0.05,
-        synthetic_seed=1,
-        landing_url="unused-landing",
-    )
+    earlier = noisy_source(synthetic_seed=1)
     assert materialize(
         "krx",
         ("daily_prices",),
