@@ -259,63 +259,66 @@ def intraday_freshness_result(
     )
 
 
+def _judged(context: dg.AssetCheckExecutionContext, market: str) -> dt.date | None:
+    """The session a run of a freshness check judges: the last of its partitions, or None
+    when it was launched without one (a checks-only job by hand, the hourly schedule)."""
+    if not (context.has_partition_key or context.has_partition_key_range):
+        return None
+    window = context.partition_key_range
+    first, last = (dt.date.fromisoformat(k) for k in (window.start, window.end))
+    return judged_session(market, first, last)
+
+
+def _partitioned_check(market: str, dataset: str, description: str, judge):
+    """`judge(context, lake)` as the dataset's symbol_freshness check, partitioned like the
+    asset: every run that includes it (the UI's Materialize runs all checks of an asset, the
+    daily job, the demo) judges the session materialized, never today's. Partitioned checks
+    are a preview in Dagster 1.13, hence the warning filter."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        return dg.asset_check(
+            asset=dg.AssetKey([market, dataset]),
+            name=SYMBOL_FRESHNESS,
+            partitions_def=partitions_def(market),
+            description=description,
+        )(judge)
+
+
 def daily_freshness_check(market: str) -> dg.AssetChecksDefinition:
     def daily_symbol_freshness(
         context: dg.AssetCheckExecutionContext, lake: LakeResource
     ) -> dg.AssetCheckResult:
-        if not (context.has_partition_key or context.has_partition_key_range):
-            # Launched by hand without a partition: the session due by now.
-            due = due_session(market, evaluation_time())
-            if due is None:
-                return dg.AssetCheckResult(passed=True, description="no session is due yet")
-            return daily_freshness_result(lake, market, due)
-        window = context.partition_key_range
-        day = judged_session(
-            market, dt.date.fromisoformat(window.start), dt.date.fromisoformat(window.end)
-        )
+        day = _judged(context, market) or due_session(market, evaluation_time())
+        if day is None:
+            return dg.AssetCheckResult(passed=True, description="no session is due yet")
         return daily_freshness_result(lake, market, day)
 
-    # Partitioned like the asset, so every run that includes it (the UI's Materialize, the
-    # daily job, the demo, the morning schedule) judges the session it names, never today's.
-    # Partitioned checks are a preview in Dagster 1.13, hence the warning filter.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", dg.PreviewWarning)
-        return dg.asset_check(
-            asset=dg.AssetKey([market, "daily_prices"]),
-            name=SYMBOL_FRESHNESS,
-            partitions_def=partitions_def(market),
-            description=f"Every symbol active on the session has a stored bar in the last "
-            f"{STALE_AFTER_SESSIONS} ingested sessions up to it (the last session of a range); "
-            f"fails naming the stale symbols, or when the session was not ingested. Runs with "
-            f"the prices and by itself at 09:00 {MARKETS[market].timezone} for the due session.",
-        )(daily_symbol_freshness)
+    return _partitioned_check(
+        market,
+        "daily_prices",
+        f"Every symbol active on the session has a stored bar in the last "
+        f"{STALE_AFTER_SESSIONS} ingested sessions up to it (the last session of a range); "
+        f"fails naming the stale symbols, or when the session was not ingested. Runs with the "
+        f"prices and by itself at 09:00 {MARKETS[market].timezone} for the due session.",
+        daily_symbol_freshness,
+    )
 
 
 def intraday_freshness_check(market: str) -> dg.AssetChecksDefinition:
     def intraday_symbol_freshness(
         context: dg.AssetCheckExecutionContext, lake: LakeResource
     ) -> dg.AssetCheckResult:
-        judged = None  # launched without a partition (the hourly schedule): the session now
-        if context.has_partition_key or context.has_partition_key_range:
-            window = context.partition_key_range
-            judged = judged_session(
-                market, dt.date.fromisoformat(window.start), dt.date.fromisoformat(window.end)
-            )
-        now = evaluation_time()
+        now, judged = evaluation_time(), _judged(context, market)
         return intraday_freshness_result(lake, market, now, intraday_max_age(), judged)
 
-    # Partitioned like the asset, so materializing an old session (the UI's Materialize runs
-    # every check of the asset) never judges the session trading now.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", dg.PreviewWarning)
-        return dg.asset_check(
-            asset=dg.AssetKey([market, "intraday_bars"]),
-            name=SYMBOL_FRESHNESS,
-            partitions_def=partitions_def(market),
-            description="While its session trades, every active symbol's latest stored bar is "
-            f"at most {DEFAULT_INTRADAY_MAX_AGE.total_seconds() / 3600:g} hours old "
-            f"({MAX_AGE_VARIABLE}); other sessions pass.",
-        )(intraday_symbol_freshness)
+    return _partitioned_check(
+        market,
+        "intraday_bars",
+        "While its session trades, every active symbol's latest stored bar is at most "
+        f"{DEFAULT_INTRADAY_MAX_AGE.total_seconds() / 3600:g} hours old ({MAX_AGE_VARIABLE}); "
+        "other sessions pass.",
+        intraday_symbol_freshness,
+    )
 
 
 @cache
