@@ -2,13 +2,13 @@
 a temporary instance, lake, landing folder and spool, driven through the GraphQL API the UI uses.
 
 `dagster dev` and everything it starts (webserver, daemon, code servers, run workers and their
-step processes) share one new process group, which `Deployment.stop` kills; the group also gets
-SIGTERM if the test process dies first, so no test leaves a deployment running.
+step processes) share one new process group, which `Deployment.stop` kills; `dagster dev` also
+gets SIGTERM (and stops what it started) if the test process dies first, so no test leaves a
+deployment running.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import socket
@@ -34,7 +34,15 @@ ASSET_JOB = "__ASSET_JOB"  # the job the UI's Materialize button launches
 # run monitoring (which frees the pool slots of a run whose worker died).
 DAEMONS = {"SENSOR", "BACKFILL", "QUEUED_RUN_COORDINATOR", "MONITORING"}
 FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
-_PR_SET_PDEATHSIG = 1
+# Runs the command it is given after asking Linux to SIGTERM it when the test process dies (the
+# request survives exec), so even a killed pytest leaves no deployment running. A preexec_fn
+# would do the same in the forked child, which is unsafe while the test's fake servers run
+# threads.
+_DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys; "
+    "ctypes.CDLL(None).prctl(1, signal.SIGTERM); "  # 1 = PR_SET_PDEATHSIG
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
 T = TypeVar("T")
 
 
@@ -264,14 +272,6 @@ class GraphQL:
         return bool(entry) and entry["loadStatus"] == "LOADED"
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: its own process group, and SIGTERM when the test process dies
-    (Linux), so even a killed pytest leaves no deployment running."""
-    os.setsid()
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 @dataclass
 class Deployment:
     root: Path
@@ -368,12 +368,12 @@ def running_deployment(
     command = [str(dagster), "dev", "-w", str(ROOT / "workspace.yaml"), "-h", "127.0.0.1"]
     with log.open("w") as out:
         process = subprocess.Popen(
-            [*command, "-p", str(port)],
+            [sys.executable, "-c", _DIE_WITH_PARENT, *command, "-p", str(port)],
             cwd=home,
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
+            start_new_session=True,  # one process group for everything it starts
         )
     deployment = Deployment(tmp_path, env, url, process, log, GraphQL(url))
     try:
