@@ -19,7 +19,7 @@ import dagster as dg
 import polars as pl
 
 from marketpipe_assets.markets import partitions_def, sessions_between
-from marketpipe_assets.schemas import DAILY_PRICES
+from marketpipe_assets.schemas import DAILY_PRICES, RAW
 from resources.lake import LakeResource
 
 from .ge_suite import ge_version, ge_violation_counts
@@ -58,7 +58,12 @@ def ge_asset_check(market: str) -> dg.AssetChecksDefinition:
         )
         stored = lake.read_partitions(DATASET, market, DAILY_PRICES, first=first, last=last)
         quarantined = lake.read_quarantine(DATASET, market, DAILY_PRICES, first=first, last=last)
-        batch = pl.concat([stored, quarantined.select(stored.columns)])
+        # `raw` (what did not parse) is the evidence the unparseable rules read; stored rows
+        # parsed whole, so theirs is null.
+        columns = [*stored.columns, RAW]
+        batch = pl.concat(
+            [stored.with_columns(pl.lit(None, pl.String).alias(RAW)), quarantined.select(columns)]
+        )
 
         by_ge = ge_violation_counts(batch)
         recorded = recorded_violation_counts(quarantined)

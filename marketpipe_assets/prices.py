@@ -14,15 +14,15 @@ from checks.price_checks import (
     price_relationships_result,
     suspicious_jumps_result,
 )
-from checks.rulebook import HALTED, validate
+from checks.rulebook import DAILY_PRICE_RULES, HALTED, session_rule, validate
 from resources.lake import LakeResource
 from resources.market_data import MarketDataResource
 from resources.sources.base import FallbackSource
 
-from .markets import MARKETS, partition_dates, partitions_def, previous_session
+from .markets import MARKETS, filed_under, partition_dates, partitions_def, previous_session
 from .metadata import markdown_table, preview
 from .retries import provider_retries
-from .schemas import DAILY_PRICES, UNIVERSE, conform
+from .schemas import DAILY_PRICES, FILED_UNDER, UNIVERSE, conform
 
 
 def provider_pool(market: str) -> str:
@@ -63,9 +63,9 @@ def universe_asset(market: str) -> dg.AssetsDefinition:
 
 
 def standardise(raw: pl.DataFrame) -> pl.DataFrame:
-    """The contract's columns and types; NaN becomes null so every engine sees it as missing."""
-    frame = conform(raw, DAILY_PRICES, what="daily bars")
-    return frame.with_columns(pl.col(pl.Float64).fill_nan(None))
+    """The contract's columns and types, plus `raw`: the text of each value that did not parse
+    (NaN included: null to every engine, kept as evidence)."""
+    return conform(raw, DAILY_PRICES, what="daily bars", evidence=True)
 
 
 def load_universe(lake: LakeResource, market: str) -> pl.DataFrame:
@@ -109,13 +109,19 @@ def daily_prices_asset(market: str) -> dg.AssetsDefinition:
         failures = source.last_failures if isinstance(source, FallbackSource) else []
         for failure in failures:
             context.log.warning(f"{failure['source']} could not serve: {failure['reason']}")
-        validated = validate(standardise(raw))
+        rules = (*DAILY_PRICE_RULES, session_rule("trade_date", tuple(sessions)))
+        validated = validate(standardise(raw), rules)
         stored = validated.clean
-        quarantined = validated.quarantined
+        # Every row sent is stored or quarantined: rows dated outside the run's sessions or
+        # undated are filed under one of them (markets.filed_under), dates kept as sent.
+        quarantined = validated.quarantined.with_columns(
+            filed_under(validated.quarantined["trade_date"], sessions).alias(FILED_UNDER)
+        )
         # Replaces exactly this run's partitions (stored and quarantine), each atomically.
         lake.write_partitions("daily_prices", market, stored, sessions)
-        # Undated rows cannot name their session: they are filed, as they are, under the last.
-        lake.write_quarantine("daily_prices", market, quarantined, sessions, undated=max(sessions))
+        lake.write_quarantine(
+            "daily_prices", market, quarantined, sessions, date_column=FILED_UNDER
+        )
 
         by_session = completeness_by_session(stored, universe, sessions)
         previous = _previous_stored(lake, market, min(sessions))
@@ -123,6 +129,8 @@ def daily_prices_asset(market: str) -> dg.AssetsDefinition:
         yield dg.MaterializeResult(
             metadata={
                 "rows": len(stored),
+                "sent": len(raw),  # == stored + quarantined: nothing is dropped
+                "stored": len(stored),
                 "quarantined": len(quarantined),
                 "halted": int(stored.select(HALTED.sum()).item() or 0),  # stored, flat, volume 0
                 "sessions": len(sessions),

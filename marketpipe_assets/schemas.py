@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import polars as pl
 
 UNIVERSE = pl.Schema(
@@ -135,13 +137,128 @@ TRADE_AGGREGATES = pl.Schema(
 )
 
 
+# Evidence of what a source sent: a JSON object of the fields of a row whose value could not be
+# read as its type, with the text as sent (`{"volume": "1.5"}`); null when every field parsed.
+# It travels with the row into the quarantine, whose typed column for that field is null.
+RAW = "raw"
+# The quarantine's partition column: the run session a rejected row is filed under, which is
+# its own date unless that date is empty or not one of the run's sessions (markets.filed_under).
+FILED_UNDER = "filed_under"
+# Above this a float no longer holds every integer exactly, so it cannot be read as a count.
+_EXACT_FLOAT_INTEGER = 2.0**53
+
+
 def quarantine_schema(schema: pl.Schema) -> pl.Schema:
-    return pl.Schema({**schema, "violations": pl.List(pl.String)})
+    return pl.Schema({**schema, "violations": pl.List(pl.String), RAW: pl.String})
 
 
-def conform(frame: pl.DataFrame, schema: pl.Schema, *, what: str) -> pl.DataFrame:
-    """Select and cast the schema's columns; a missing column is an error naming it."""
+def _read_as(name: str, source: pl.DataType, target: pl.DataType) -> tuple[pl.Expr, pl.Expr]:
+    """The column read as `target`, and True where a value was sent but could not be read
+    (the typed value is then null, never a guess: 1.5 is not rounded into a count)."""
+    col = pl.col(name)
+    if source == target and not target.is_float():
+        return col, pl.lit(False)
+    if source == pl.String and target == pl.Date:
+        typed = col.str.strip_chars().str.to_date("%Y-%m-%d", strict=False)
+    elif source == pl.String and isinstance(target, pl.Datetime):
+        typed = col.str.strip_chars().str.to_datetime(strict=False, time_zone=target.time_zone)
+    elif source == pl.String and target.is_numeric():
+        text = col.str.strip_chars()
+        typed = text.cast(target, strict=False)
+        if target.is_integer():
+            # "1000.0" is a count written by a float-minded tool; "1.5" is not one.
+            typed = typed.fill_null(_integral(text.cast(pl.Float64, strict=False), target))
+    elif source.is_float() and target.is_integer():
+        typed = _integral(col, target)
+    else:
+        typed = col.cast(target, strict=False)
+    if target.is_float():
+        # NaN is "no number" to every engine downstream: null, with the NaN kept as evidence.
+        typed = pl.when(typed.is_nan()).then(None).otherwise(typed)
+    # Blank text is a missing value (required_fields' business), not a malformed one.
+    sent = col.is_not_null()
+    if source == pl.String and target != pl.String:
+        sent = sent & (col.str.strip_chars() != "")
+    return typed.alias(name), (sent & typed.is_null())
+
+
+def _integral(values: pl.Expr, target: pl.DataType) -> pl.Expr:
+    exact = (values == values.round(0)) & (values.abs() <= _EXACT_FLOAT_INTEGER)
+    return pl.when(exact).then(values).cast(target, strict=False)
+
+
+def conform(
+    frame: pl.DataFrame, schema: pl.Schema, *, what: str, evidence: bool = False
+) -> pl.DataFrame:
+    """The schema's columns read as its types; a missing column is an error naming it.
+
+    A value that cannot be read as its column's type (`abc` or `1.5` for a volume, `1e20`
+    beyond int64, `2026-13-45`, NaN) becomes null. With `evidence`, its text as sent goes into
+    the `raw` column (merged with a `raw` the frame already has) for validation's
+    `unparseable:<field>` rules to quarantine; without, it is an error naming the field and
+    the value.
+    """
     missing = [c for c in schema if c not in frame.columns]
     if missing:
         raise ValueError(f"{what}: missing column(s) {missing}; expected {list(schema)}")
-    return frame.select(pl.col(c).cast(t, strict=False) for c, t in schema.items())
+    read = {c: _read_as(c, frame.schema[c], t) for c, t in schema.items()}
+    try:
+        typed = frame.select(
+            *(value for value, _ in read.values()),
+            *(failed.alias(f"_unread_{c}") for c, (_, failed) in read.items()),
+        )
+    except pl.exceptions.PolarsError as exc:
+        found = {c: str(frame.schema[c]) for c in schema}
+        raise ValueError(
+            f"{what}: columns of types {found} cannot be read as {dict(schema)} ({exc}); "
+            "send the columns with these types or as text"
+        ) from exc
+    flags = [f"_unread_{c}" for c in schema]
+    unread = typed.select(pl.any_horizontal(flags)).to_series()
+    texts = _unread_texts(frame, typed, list(schema)) if unread.any() else []
+    if not evidence:
+        if texts:
+            index, fields = texts[0]
+            field, value = next(iter(fields.items()))
+            raise ValueError(
+                f"{what}: row {index + 1}, field {field!r}: {value!r} is not a valid "
+                f"{schema[field]} ({len(texts)} row(s) like this); correct the value and retry"
+            )
+        return typed.select(schema.names())
+    raw = frame[RAW] if RAW in frame.columns else pl.Series(RAW, [None] * len(frame), pl.String)
+    if texts:
+        merged = [{**_json_object(raw[i]), **fields} for i, fields in texts]
+        values = pl.Series([json.dumps(m, sort_keys=True) for m in merged], dtype=pl.String)
+        raw = raw.cast(pl.String).scatter([i for i, _ in texts], values)
+    return typed.select(schema.names()).with_columns(raw.cast(pl.String).alias(RAW))
+
+
+def _unread_texts(
+    frame: pl.DataFrame, typed: pl.DataFrame, columns: list[str]
+) -> list[tuple[int, dict[str, str]]]:
+    """(row index, {field: text as sent}) of each row with a value that could not be read."""
+    marked = (
+        frame.select(columns)
+        .with_row_index("_row")
+        .with_columns(typed.select(f"_unread_{c}" for c in columns))
+    )
+    marked = marked.filter(pl.any_horizontal(f"_unread_{c}" for c in columns))
+    texts = marked.select(
+        "_row",
+        *(
+            pl.when(pl.col(f"_unread_{c}")).then(pl.col(c).cast(pl.String)).alias(c)
+            for c in columns
+        ),
+    )
+    return [
+        (row.pop("_row"), {c: v for c, v in row.items() if v is not None})
+        for row in texts.iter_rows(named=True)
+    ]
+
+
+def _json_object(text: str | None) -> dict:
+    try:
+        value = json.loads(text) if text else {}
+    except ValueError:
+        return {"raw": text}
+    return value if isinstance(value, dict) else {"raw": value}
