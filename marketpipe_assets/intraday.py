@@ -16,16 +16,16 @@ from resources.lake import LakeResource
 from resources.market_data import MarketDataResource
 from resources.sources.base import FallbackSource, intraday_bars
 
-from .markets import partition_dates, partitions_def
+from .markets import partition_dates, partitions_def, with_filing
 from .metadata import preview
 from .prices import load_universe, provider_pool
 from .retries import provider_retries
-from .schemas import INTRADAY_BARS, conform
+from .schemas import FILED_UNDER, INTRADAY_BARS, conform
 
 
 def standardise_intraday(raw: pl.DataFrame) -> pl.DataFrame:
-    frame = conform(raw, INTRADAY_BARS, what="intraday bars")
-    return frame.with_columns(pl.col(pl.Float64).fill_nan(None))
+    """The schema's columns and types, plus `raw` (values that did not parse, NaN included)."""
+    return conform(raw, INTRADAY_BARS, what="intraday bars", evidence=True)
 
 
 def intraday_bars_asset(market: str) -> dg.AssetsDefinition:
@@ -56,9 +56,12 @@ def intraday_bars_asset(market: str) -> dg.AssetsDefinition:
             context.log.warning(f"{failure['source']} could not serve: {failure['reason']}")
         validated = validate_intraday(standardise_intraday(raw), market, sessions)
         stored = validated.clean
-        quarantined = validated.quarantined
+        # Rows of other sessions or none are filed under one of the run's (nothing dropped).
+        quarantined = with_filing(validated.quarantined, sessions)
         lake.write_partitions("intraday_bars", market, stored, sessions)
-        lake.write_quarantine("intraday_bars", market, quarantined, sessions, undated=max(sessions))
+        lake.write_quarantine(
+            "intraday_bars", market, quarantined, sessions, date_column=FILED_UNDER
+        )
 
         present = stored.select("symbol", "trade_date").unique()
         by_session = completeness_by_session(present, universe, sessions)
@@ -66,6 +69,8 @@ def intraday_bars_asset(market: str) -> dg.AssetsDefinition:
         yield dg.MaterializeResult(
             metadata={
                 "rows": len(stored),
+                "sent": len(raw),  # == stored + quarantined: nothing is dropped
+                "stored": len(stored),
                 "quarantined": len(quarantined),
                 "sessions": len(sessions),
                 "completeness": float(by_session["completeness"].min()),

@@ -119,6 +119,14 @@ def filed_under(dates: pl.Series, sessions: Sequence[dt.date]) -> pl.Series:
     return by_date.fill_null(days[-1])
 
 
+def with_filing(
+    quarantined: pl.DataFrame, sessions: Sequence[dt.date], date_column: str = "trade_date"
+) -> pl.DataFrame:
+    """Quarantined rows with `filed_under` (schemas.FILED_UNDER), the partition that keeps them."""
+    filing = filed_under(quarantined[date_column], sessions) if len(quarantined) else []
+    return quarantined.with_columns(pl.Series("filed_under", filing, dtype=pl.Date))
+
+
 def holidays(market: str, first: dt.date) -> list[dt.date]:
     """Weekdays between `first` and the calendar's end that are not sessions."""
     sessions = _session_set(market)

@@ -20,7 +20,7 @@ from checks.option_rules import (
     parity_result,
     rules_result,
 )
-from checks.rulebook import validate
+from checks.rulebook import session_rule, validate
 from resources.lake import LakeResource
 from resources.market_data import MarketDataResource
 from resources.providers.base import run_sync
@@ -37,11 +37,12 @@ from .markets import (
     partitions_def,
     previous_session,
     session_bounds,
+    with_filing,
 )
 from .metadata import preview
 from .prices import provider_pool
 from .retries import provider_retries
-from .schemas import OPTION_CHAIN_VENDOR, OPTION_CHAINS, conform, quarantine_schema
+from .schemas import FILED_UNDER, OPTION_CHAIN_VENDOR, OPTION_CHAINS, conform, quarantine_schema
 
 DATASET = "option_chains"
 log = logging.getLogger(__name__)
@@ -212,12 +213,14 @@ def store_chains(
     with stage("derive"):
         frame, iv_counts = derive(raw, config.risk_free_rate, iv_range, fetched_at)
     with stage("validate"):
-        validated = validate(frame, rules)
+        validated = validate(frame, (*rules, session_rule("quote_date", tuple(sessions))))
         quarantined = validated.quarantined.select(quarantine_schema(OPTION_CHAINS).names())
+        # Rows quoted on no session of the run, or undated, are filed under one (none dropped).
+        quarantined = with_filing(quarantined, sessions, "quote_date")
     with stage("write"):
         lake.write_partitions(DATASET, "us", validated.clean, sessions, date_column="quote_date")
-        # Replaces exactly these sessions' quarantine files; undated rows go with the last.
-        lake.write_quarantine(DATASET, "us", quarantined, sessions, date_column="quote_date")
+        # Replaces exactly these sessions' quarantine files.
+        lake.write_quarantine(DATASET, "us", quarantined, sessions, date_column=FILED_UNDER)
     with stage("checks"):
         results = [
             rules_result(validated.clean, validated, rules),
@@ -268,6 +271,8 @@ def option_chains_asset() -> dg.AssetsDefinition:
         yield dg.MaterializeResult(
             metadata={
                 "rows": len(done.stored),
+                "sent": len(raw),  # == stored + quarantined: nothing is dropped
+                "stored": len(done.stored),
                 "quarantined": len(done.quarantined),
                 "underlyings": len(underlyings),
                 "sessions": len(sessions),

@@ -26,11 +26,11 @@ from resources.market_data import MarketDataResource
 from resources.sources.base import ConfigurationError, SourceUnavailable
 from resources.sources.books import order_book_history
 
-from .markets import partition_dates, partitions_def
+from .markets import partition_dates, partitions_def, with_filing
 from .metadata import preview
 from .prices import load_universe, provider_pool
 from .retries import provider_retries
-from .schemas import ORDER_BOOK_LEVELS, ORDER_BOOKS
+from .schemas import FILED_UNDER, ORDER_BOOK_LEVELS, ORDER_BOOKS
 
 DATASET = "order_books"
 INTERVAL_VARIABLE = "MARKETPIPE_ORDER_BOOK_INTERVAL_MINUTES"
@@ -119,16 +119,21 @@ def order_books_asset(market: str) -> dg.AssetsDefinition:
                     f"{market}/order_books: no snapshots were captured for {days}{more} in "
                     f"{spool.root}, and {exc}"
                 ) from exc
-        validated = validate_order_books(pl.concat(frames), market, sessions)
+        sent = pl.concat(frames)
+        validated = validate_order_books(sent, market, sessions)
         stored = with_derived(validated.clean)
-        quarantined = validated.quarantined
+        # Rows of other sessions or none are filed under one of the run's (nothing dropped).
+        quarantined = with_filing(validated.quarantined, sessions)
         lake.write_partitions(DATASET, market, stored, sessions)
-        lake.write_quarantine(DATASET, market, quarantined, sessions, undated=max(sessions))
+        lake.write_quarantine(DATASET, market, quarantined, sessions, date_column=FILED_UNDER)
 
         by_session = coverage_by_session(stored, universe, market, sessions, interval)
         yield dg.MaterializeResult(
             metadata={
                 "rows": len(stored),
+                "sent": len(sent),  # == stored + quarantined: nothing is dropped
+                "stored": len(stored),
+                "quarantined": len(quarantined),
                 "snapshots": len(stored) // ORDER_BOOK_LEVELS,
                 "quarantined_rows": len(quarantined),
                 "sessions": len(sessions),

@@ -19,7 +19,7 @@ from resources.lake import LakeResource
 from resources.market_data import MarketDataResource
 from resources.sources.base import FallbackSource
 
-from .markets import MARKETS, filed_under, partition_dates, partitions_def, previous_session
+from .markets import MARKETS, partition_dates, partitions_def, previous_session, with_filing
 from .metadata import markdown_table, preview
 from .retries import provider_retries
 from .schemas import DAILY_PRICES, FILED_UNDER, UNIVERSE, conform
@@ -114,9 +114,7 @@ def daily_prices_asset(market: str) -> dg.AssetsDefinition:
         stored = validated.clean
         # Every row sent is stored or quarantined: rows dated outside the run's sessions or
         # undated are filed under one of them (markets.filed_under), dates kept as sent.
-        quarantined = validated.quarantined.with_columns(
-            filed_under(validated.quarantined["trade_date"], sessions).alias(FILED_UNDER)
-        )
+        quarantined = with_filing(validated.quarantined, sessions)
         # Replaces exactly this run's partitions (stored and quarantine), each atomically.
         lake.write_partitions("daily_prices", market, stored, sessions)
         lake.write_quarantine(

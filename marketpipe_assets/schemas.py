@@ -152,9 +152,13 @@ def quarantine_schema(schema: pl.Schema) -> pl.Schema:
     return pl.Schema({**schema, "violations": pl.List(pl.String), RAW: pl.String})
 
 
-def _read_as(name: str, source: pl.DataType, target: pl.DataType) -> tuple[pl.Expr, pl.Expr]:
+def _read_as(
+    name: str, source: pl.DataType, target: pl.DataType, *, nan_is_unread: bool
+) -> tuple[pl.Expr, pl.Expr]:
     """The column read as `target`, and True where a value was sent but could not be read
-    (the typed value is then null, never a guess: 1.5 is not rounded into a count)."""
+    (the typed value is then null, never a guess: 1.5 is not rounded into a count). NaN becomes
+    null, "no number" to every engine downstream; `nan_is_unread` counts it as unread too (a
+    source sent it), otherwise it is a derived value's "undefined"."""
     col = pl.col(name)
     if source == target and not target.is_float():
         return col, pl.lit(False)
@@ -172,14 +176,16 @@ def _read_as(name: str, source: pl.DataType, target: pl.DataType) -> tuple[pl.Ex
         typed = _integral(col, target)
     else:
         typed = col.cast(target, strict=False)
-    if target.is_float():
-        # NaN is "no number" to every engine downstream: null, with the NaN kept as evidence.
-        typed = pl.when(typed.is_nan()).then(None).otherwise(typed)
     # Blank text is a missing value (required_fields' business), not a malformed one.
     sent = col.is_not_null()
     if source == pl.String and target != pl.String:
         sent = sent & (col.str.strip_chars() != "")
-    return typed.alias(name), (sent & typed.is_null())
+    unread = sent & typed.is_null()
+    if target.is_float():
+        if nan_is_unread:
+            unread = unread | typed.is_nan().fill_null(False)
+        typed = pl.when(typed.is_nan()).then(None).otherwise(typed)
+    return typed.alias(name), unread
 
 
 def _integral(values: pl.Expr, target: pl.DataType) -> pl.Expr:
@@ -201,7 +207,7 @@ def conform(
     missing = [c for c in schema if c not in frame.columns]
     if missing:
         raise ValueError(f"{what}: missing column(s) {missing}; expected {list(schema)}")
-    read = {c: _read_as(c, frame.schema[c], t) for c, t in schema.items()}
+    read = {c: _read_as(c, frame.schema[c], t, nan_is_unread=evidence) for c, t in schema.items()}
     try:
         typed = frame.select(
             *(value for value, _ in read.values()),
