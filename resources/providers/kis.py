@@ -73,7 +73,7 @@ from .kis_token import (
 from .kis_token import TOKEN_LIFETIME as TOKEN_LIFETIME
 from .kis_token import Token as Token
 from .values import SEOUL as KST
-from .values import number_text, parse_number
+from .values import number_text, parse_number, served
 
 NAME = "kis"
 MARKET = "krx"
@@ -619,7 +619,7 @@ def _bars(raw: pl.DataFrame, sessions: list[dt.date]) -> pl.DataFrame:
         volume=number_text("volume").cast(pl.Int64, strict=False),
         source=pl.lit(NAME),
     )
-    return frame.filter(pl.col("trade_date").is_null() | pl.col("trade_date").is_in(sessions))
+    return served(frame, MARKET, sessions)
 
 
 def _text(value: Any) -> str | None:
