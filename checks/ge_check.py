@@ -57,7 +57,8 @@ def ge_asset_check(market: str) -> dg.AssetChecksDefinition:
             market, dt.date.fromisoformat(window.start), dt.date.fromisoformat(window.end)
         )
         stored = lake.read_partitions(DATASET, market, DAILY_PRICES, first=first, last=last)
-        quarantined = lake.read_quarantine(DATASET, market, DAILY_PRICES, first=first, last=last)
+        evidence = {**DAILY_PRICES, RAW: pl.String}
+        quarantined = lake.read_quarantine(DATASET, market, evidence, first=first, last=last)
         # `raw` (what did not parse) is the evidence the unparseable rules read; stored rows
         # parsed whole, so theirs is null.
         columns = [*stored.columns, RAW]

@@ -42,7 +42,14 @@ from .markets import (
 from .metadata import preview
 from .prices import provider_pool
 from .retries import provider_retries
-from .schemas import FILED_UNDER, OPTION_CHAIN_VENDOR, OPTION_CHAINS, conform, quarantine_schema
+from .schemas import (
+    FILED_UNDER,
+    OPTION_CHAIN_VENDOR,
+    OPTION_CHAINS,
+    RAW,
+    conform,
+    quarantine_schema,
+)
 
 DATASET = "option_chains"
 log = logging.getLogger(__name__)
@@ -214,7 +221,7 @@ def store_chains(
         frame, iv_counts = derive(raw, config.risk_free_rate, iv_range, fetched_at)
     with stage("validate"):
         validated = validate(frame, (*rules, session_rule("quote_date", tuple(sessions))))
-        quarantined = validated.quarantined.select(quarantine_schema(OPTION_CHAINS).names())
+        quarantined = validated.quarantined.select(*quarantine_schema(OPTION_CHAINS), RAW)
         # Rows quoted on no session of the run, or undated, are filed under one (none dropped).
         quarantined = with_filing(quarantined, sessions, "quote_date")
     with stage("write"):

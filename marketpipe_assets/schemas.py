@@ -149,7 +149,10 @@ _EXACT_FLOAT_INTEGER = 2.0**53
 
 
 def quarantine_schema(schema: pl.Schema) -> pl.Schema:
-    return pl.Schema({**schema, "violations": pl.List(pl.String), RAW: pl.String})
+    """The columns every quarantine file has. Files also carry `raw` (and daily datasets
+    `filed_under`); readers that want that evidence ask for it, so files written before it
+    existed stay readable."""
+    return pl.Schema({**schema, "violations": pl.List(pl.String)})
 
 
 def _read_as(

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from checks.rulebook import DAILY_PRICE_RULES, session_rule, validate
 from marketpipe_assets.markets import holidays, sessions_between
 from marketpipe_assets.prices import standardise
-from marketpipe_assets.schemas import DAILY_PRICES, RAW
+from marketpipe_assets.schemas import RAW
 from resources.providers import breaker as breaker_module
 from resources.providers import limiter as limiter_module
 from resources.providers.finnhub import FinnhubSource
@@ -281,8 +281,14 @@ def test_daily_prices_metadata_accounts_for_every_row(landing, lake, instance):
     materialization = result.asset_materializations_for_node("krx__daily_prices")[0]
     meta = {k: v.value for k, v in materialization.metadata.items()}
     assert (meta["sent"], meta["stored"], meta["quarantined"]) == (4, 2, 2)
-    quarantined = lake.read_quarantine("daily_prices", "krx", DAILY_PRICES)
-    assert sorted(quarantined["trade_date"].cast(pl.String).to_list()) == [
-        "2025-10-02",
-        "2025-10-04",
+    # Both rejected rows, the Saturday's included, are in the session's quarantine file, with
+    # the text that did not parse.
+    (path,) = (landing / "lake" / "quarantine" / "daily_prices").rglob("*.parquet")
+    assert "date=2025-10-02" in str(path)
+    quarantined = pl.read_parquet(path).sort("trade_date")
+    assert quarantined["trade_date"].cast(pl.String).to_list() == ["2025-10-02", "2025-10-04"]
+    assert quarantined["violations"].to_list() == [
+        ["required_fields", "unparseable:volume", "finite_prices"],
+        ["not_a_session"],
     ]
+    assert quarantined[RAW].to_list() == ['{"volume": "abc"}', None]
