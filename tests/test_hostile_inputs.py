@@ -292,3 +292,46 @@ def test_daily_prices_metadata_accounts_for_every_row(landing, lake, instance):
         ["not_a_session"],
     ]
     assert quarantined[RAW].to_list() == ['{"volume": "abc"}', None]
+
+
+@pytest.mark.parametrize(
+    ("market", "dataset"),
+    [
+        ("krx", "daily_prices"),
+        ("krx", "intraday_bars"),
+        ("krx", "order_books"),
+        ("us", "option_chains"),
+    ],
+)
+def test_every_dataset_reports_sent_equal_stored_plus_quarantined(
+    market, dataset, tmp_path, monkeypatch, lake, instance
+):
+    from resources.market_data import MarketDataResource
+    from tests.conftest import materialize, recent_sessions
+
+    monkeypatch.setenv("MARKETPIPE_SPOOL_DIR", str(tmp_path / "spool"))
+    # A high bad-row rate: every dataset's synthetic source then sends rows that break rules.
+    market_data = MarketDataResource(
+        synthetic_symbols=30, synthetic_missing_rate=0.0, synthetic_bad_row_rate=0.2
+    )
+    key = recent_sessions(market, 2)[0]
+    for datasets, partition in ((("universe",), None), ((dataset,), key)):
+        result = materialize(
+            market,
+            datasets,
+            lake=lake,
+            market_data=market_data,
+            instance=instance,
+            partition_key=partition,
+        )
+    (materialization,) = result.asset_materializations_for_node(f"{market}__{dataset}")
+    meta = {k: v.value for k, v in materialization.metadata.items()}
+    assert meta["sent"] == meta["stored"] + meta["quarantined"]
+    assert meta["stored"] > 0
+    if dataset == "option_chains":
+        return  # its synthetic chains carry no defects
+    assert meta["quarantined"] > 0
+    quarantine = tmp_path / "lake" / "quarantine" / dataset
+    on_disk = pl.read_parquet(list(quarantine.rglob("*.parquet")))
+    assert len(on_disk) == meta["quarantined"]
+    assert on_disk["violations"].list.len().min() >= 1
