@@ -234,12 +234,33 @@ def conform(
                 f"{schema[field]} ({len(texts)} row(s) like this); correct the value and retry"
             )
         return typed.select(schema.names())
-    raw = frame[RAW] if RAW in frame.columns else pl.Series(RAW, [None] * len(frame), pl.String)
+    return _with_raw(typed.select(schema.names()), frame, texts)
+
+
+def with_evidence(typed: pl.DataFrame, sent: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
+    """`typed` plus `raw`, as conform keeps it, for a provider that reads its own text: the
+    text of each of `columns` that `sent` has (not blank) but `typed` has null (it did not
+    parse). Both frames row for row; `typed` unchanged when everything parsed."""
+    text = sent.select(pl.col(c).cast(pl.String).str.strip_chars().fill_null("") for c in columns)
+    flags = pl.DataFrame(
+        {f"_unread_{c}": (text[c] != "") & typed[c].is_null() for c in columns},
+        schema=dict.fromkeys((f"_unread_{c}" for c in columns), pl.Boolean),
+    )
+    if not flags.select(pl.any_horizontal(pl.all()).any()).item():
+        return typed
+    return _with_raw(typed, sent, _unread_texts(sent, flags, columns))
+
+
+def _with_raw(
+    typed: pl.DataFrame, sent: pl.DataFrame, texts: list[tuple[int, dict[str, str]]]
+) -> pl.DataFrame:
+    """`typed` with the `raw` column: `sent`'s own raw, merged with `texts`."""
+    raw = sent[RAW] if RAW in sent.columns else pl.Series(RAW, [None] * len(sent), pl.String)
     if texts:
         merged = [{**_json_object(raw[i]), **fields} for i, fields in texts]
         values = pl.Series([json.dumps(m, sort_keys=True) for m in merged], dtype=pl.String)
         raw = raw.cast(pl.String).scatter([i for i, _ in texts], values)
-    return typed.select(schema.names()).with_columns(raw.cast(pl.String).alias(RAW))
+    return typed.with_columns(raw.cast(pl.String).alias(RAW))
 
 
 def _unread_texts(

@@ -182,7 +182,7 @@ class FinnhubSource(OneMarketDailyBars):
                 len(missing),
                 ", ".join(sorted(missing)),
             )
-        frame = pl.concat(frames) if frames else pl.DataFrame(schema=DAILY_PRICES)
+        frame = pl.concat([pl.DataFrame(schema=DAILY_PRICES), *frames], how="diagonal")
         outside = len(frame) - len(served(frame, "us", list(wanted)))
         if outside:
             log.warning(
@@ -242,7 +242,9 @@ class FinnhubSource(OneMarketDailyBars):
         )
         # A stamp that is no epoch (text, inf, beyond any date) leaves the bar undated, its
         # text kept in `raw`: validation quarantines it as unparseable:trade_date.
-        return frame.with_columns(pl.Series(RAW, unread, dtype=pl.String))
+        if any(unread):
+            frame = frame.with_columns(pl.Series(RAW, unread, dtype=pl.String))
+        return frame
 
     # Quotes -------------------------------------------------------------------------------
     async def quote(self, symbol: str) -> dict[str, Any]:

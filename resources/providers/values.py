@@ -27,6 +27,9 @@ def parse_number(column: str, dtype: pl.DataType) -> pl.Expr:
     """'79,600' -> 79600, '439.88000' -> 439.88; empty, '-', absent or unparsable -> null,
     never 0 (validation quarantines the row instead of storing a made-up price)."""
     as_float = number_text(column).cast(pl.Float64, strict=False)
+    if dtype.is_integer():
+        # 1.5 shares is no count: null (and quarantined), never truncated to 1.
+        as_float = pl.when(as_float == as_float.round(0)).then(as_float)
     return as_float.cast(dtype, strict=False).alias(column)
 
 
