@@ -18,6 +18,8 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
+from .schemas import FILED_UNDER
+
 # Ten years of history plus margin: a full ten-year backfill fits inside the partitions.
 DEFAULT_START_DATE = "2015-01-02"
 # Weekday cron: exchange holidays are removed from it with `exclusions` below.
@@ -122,9 +124,9 @@ def filed_under(dates: pl.Series, sessions: Sequence[dt.date]) -> pl.Series:
 def with_filing(
     quarantined: pl.DataFrame, sessions: Sequence[dt.date], date_column: str = "trade_date"
 ) -> pl.DataFrame:
-    """Quarantined rows with `filed_under` (schemas.FILED_UNDER), the partition that keeps them."""
+    """Quarantined rows with FILED_UNDER, the partition that keeps them."""
     filing = filed_under(quarantined[date_column], sessions) if len(quarantined) else []
-    return quarantined.with_columns(pl.Series("filed_under", filing, dtype=pl.Date))
+    return quarantined.with_columns(pl.Series(FILED_UNDER, filing, dtype=pl.Date))
 
 
 def holidays(market: str, first: dt.date) -> list[dt.date]:
