@@ -163,8 +163,10 @@ def _read_as(
     null, "no number" to every engine downstream; `nan_is_unread` counts it as unread too (a
     source sent it), otherwise it is a derived value's "undefined"."""
     col = pl.col(name)
-    if source == target and not target.is_float():
-        return col, pl.lit(False)
+    if source == target:  # the usual case, kept cheap: only a float's NaN can be unread
+        if not target.is_float():
+            return col, pl.lit(False)
+        return col.fill_nan(None), col.is_nan().fill_null(False) & nan_is_unread
     if source == pl.String and target == pl.Date:
         typed = col.str.strip_chars().str.to_date("%Y-%m-%d", strict=False)
     elif source == pl.String and isinstance(target, pl.Datetime):
@@ -223,8 +225,8 @@ def conform(
             "send the columns with these types or as text"
         ) from exc
     flags = [f"_unread_{c}" for c in schema]
-    unread = typed.select(pl.any_horizontal(flags)).to_series()
-    texts = _unread_texts(frame, typed, list(schema)) if unread.any() else []
+    unread = typed.select(pl.any_horizontal(flags).any()).item()
+    texts = _unread_texts(frame, typed, list(schema)) if unread else []
     if not evidence:
         if texts:
             index, fields = texts[0]
@@ -255,7 +257,13 @@ def _with_raw(
     typed: pl.DataFrame, sent: pl.DataFrame, texts: list[tuple[int, dict[str, str]]]
 ) -> pl.DataFrame:
     """`typed` with the `raw` column: `sent`'s own raw, merged with `texts`."""
-    raw = sent[RAW] if RAW in sent.columns else pl.Series(RAW, [None] * len(sent), pl.String)
+    if RAW not in sent.columns and not texts:
+        return typed.with_columns(pl.lit(None, pl.String).alias(RAW))
+    raw = (
+        sent[RAW]
+        if RAW in sent.columns
+        else pl.repeat(None, len(sent), dtype=pl.String, eager=True)
+    )
     if texts:
         merged = [{**_json_object(raw[i]), **fields} for i, fields in texts]
         values = pl.Series([json.dumps(m, sort_keys=True) for m in merged], dtype=pl.String)
