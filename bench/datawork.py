@@ -16,11 +16,12 @@ from checks.price_checks import (
     price_relationships_result,
     suspicious_jumps_result,
 )
-from checks.rulebook import HALTED, validate
+from checks.rulebook import DAILY_PRICE_RULES, HALTED, session_rule, validate
 from marketpipe_assets.indicators import HISTORY_COLUMNS, compute_indicators
+from marketpipe_assets.markets import with_filing
 from marketpipe_assets.metadata import markdown_table
 from marketpipe_assets.prices import _previous_stored, load_universe, standardise
-from marketpipe_assets.schemas import DAILY_PRICES, INDICATORS
+from marketpipe_assets.schemas import DAILY_PRICES, FILED_UNDER, INDICATORS
 from resources.lake import LakeResource
 from resources.market_data import MarketDataResource
 
@@ -42,13 +43,16 @@ def prices(t: Stages, lake, market_data, market: str, sessions: list[dt.date]) -
     with t("standardise"):
         frame = standardise(raw)
     with t("validate"):
-        validated = validate(frame)
+        rules = (*DAILY_PRICE_RULES, session_rule("trade_date", tuple(sessions)))
+        validated = validate(frame, rules)
         stored = validated.clean
     with t("write prices"):
-        quarantined = validated.quarantined
+        quarantined = with_filing(validated.quarantined, sessions)
         lake.write_partitions("daily_prices", market, stored, sessions)
     with t("write quarantine"):
-        lake.write_quarantine("daily_prices", market, quarantined, sessions, undated=max(sessions))
+        lake.write_quarantine(
+            "daily_prices", market, quarantined, sessions, date_column=FILED_UNDER
+        )
     with t("check completeness"):
         by_session = completeness_by_session(stored, universe, sessions)
         completeness = completeness_result(by_session)
