@@ -37,6 +37,19 @@ def recorded_violation_counts(quarantined: pl.DataFrame) -> dict[str, int]:
     }
 
 
+def _read_quarantine_with_raw(
+    lake: LakeResource, market: str, first: dt.date, last: dt.date
+) -> pl.DataFrame:
+    """The quarantine with its `raw` evidence; files written before `raw` existed (or by hand)
+    lack it, and nothing of theirs was recorded as unparseable, so theirs reads as null."""
+    evidence = {**DAILY_PRICES, RAW: pl.String}
+    try:
+        return lake.read_quarantine(DATASET, market, evidence, first=first, last=last)
+    except (pl.exceptions.PolarsError, ValueError, KeyError):  # pyarrow's ArrowInvalid too
+        plain = lake.read_quarantine(DATASET, market, DAILY_PRICES, first=first, last=last)
+        return plain.with_columns(pl.lit(None, pl.String).alias(RAW))
+
+
 def sessions_to_check(market: str, first: dt.date, last: dt.date) -> tuple[dt.date, dt.date, int]:
     """The sessions to cross-check, capped at the most recent MARKETPIPE_GE_CHECK_SESSIONS
     (default 20): a ten-year backfill would otherwise spend ~15 s in GE on rows the polars
@@ -57,8 +70,7 @@ def ge_asset_check(market: str) -> dg.AssetChecksDefinition:
             market, dt.date.fromisoformat(window.start), dt.date.fromisoformat(window.end)
         )
         stored = lake.read_partitions(DATASET, market, DAILY_PRICES, first=first, last=last)
-        evidence = {**DAILY_PRICES, RAW: pl.String}
-        quarantined = lake.read_quarantine(DATASET, market, evidence, first=first, last=last)
+        quarantined = _read_quarantine_with_raw(lake, market, first, last)
         # `raw` (what did not parse) is the evidence the unparseable rules read; stored rows
         # parsed whole, so theirs is null.
         columns = [*stored.columns, RAW]
