@@ -16,11 +16,12 @@ from checks.price_checks import (
     price_relationships_result,
     suspicious_jumps_result,
 )
-from checks.rulebook import HALTED, validate
+from checks.rulebook import DAILY_PRICE_RULES, HALTED, session_rule, validate
 from marketpipe_assets.indicators import HISTORY_COLUMNS, compute_indicators
+from marketpipe_assets.markets import with_filing
 from marketpipe_assets.metadata import markdown_table
 from marketpipe_assets.prices import _previous_stored, load_universe, standardise
-from marketpipe_assets.schemas import DAILY_PRICES, INDICATORS
+from marketpipe_assets.schemas import DAILY_PRICES, FILED_UNDER, INDICATORS
 from resources.lake import LakeResource
 from resources.market_data import MarketDataResource
 
@@ -42,12 +43,19 @@ def prices(t: Stages, lake, market_data, market: str, sessions: list[dt.date]) -
     with t("standardise"):
         frame = standardise(raw)
     with t("validate"):
-        validated = validate(frame)
+        rules = (*DAILY_PRICE_RULES, session_rule("trade_date", tuple(sessions)))
+        validated = validate(frame, rules)
         stored = validated.clean
     with t("stage prices + quarantine"):
-        quarantined = validated.quarantined
+        quarantined = with_filing(validated.quarantined, sessions)
         batch = lake.stage(
-            "bench", "daily_prices", market, stored, quarantined, sessions, undated=max(sessions)
+            "bench",
+            "daily_prices",
+            market,
+            stored,
+            quarantined,
+            sessions,
+            quarantine_date_column=FILED_UNDER,
         )
     with t("check completeness"):
         by_session = completeness_by_session(stored, universe, sessions)

@@ -19,7 +19,7 @@ import dagster as dg
 import polars as pl
 
 from marketpipe_assets.markets import partitions_def, sessions_between
-from marketpipe_assets.schemas import DAILY_PRICES
+from marketpipe_assets.schemas import DAILY_PRICES, RAW
 from resources.lake import LakeResource
 
 from .ge_suite import ge_version, ge_violation_counts
@@ -35,6 +35,19 @@ def recorded_violation_counts(quarantined: pl.DataFrame) -> dict[str, int]:
         rule.name: quarantined.filter(pl.col("violations").list.contains(rule.name)).height
         for rule in DAILY_PRICE_RULES
     }
+
+
+def _read_quarantine_with_raw(
+    lake: LakeResource, market: str, first: dt.date, last: dt.date
+) -> pl.DataFrame:
+    """The quarantine with its `raw` evidence; files written before `raw` existed (or by hand)
+    lack it, and nothing of theirs was recorded as unparseable, so theirs reads as null."""
+    evidence = {**DAILY_PRICES, RAW: pl.String}
+    try:
+        return lake.read_quarantine(DATASET, market, evidence, first=first, last=last)
+    except (pl.exceptions.PolarsError, ValueError, KeyError):  # pyarrow's ArrowInvalid too
+        plain = lake.read_quarantine(DATASET, market, DAILY_PRICES, first=first, last=last)
+        return plain.with_columns(pl.lit(None, pl.String).alias(RAW))
 
 
 def sessions_to_check(market: str, first: dt.date, last: dt.date) -> tuple[dt.date, dt.date, int]:
@@ -57,8 +70,13 @@ def ge_asset_check(market: str) -> dg.AssetChecksDefinition:
             market, dt.date.fromisoformat(window.start), dt.date.fromisoformat(window.end)
         )
         stored = lake.read_partitions(DATASET, market, DAILY_PRICES, first=first, last=last)
-        quarantined = lake.read_quarantine(DATASET, market, DAILY_PRICES, first=first, last=last)
-        batch = pl.concat([stored, quarantined.select(stored.columns)])
+        quarantined = _read_quarantine_with_raw(lake, market, first, last)
+        # `raw` (what did not parse) is the evidence the unparseable rules read; stored rows
+        # parsed whole, so theirs is null.
+        columns = [*stored.columns, RAW]
+        batch = pl.concat(
+            [stored.with_columns(pl.lit(None, pl.String).alias(RAW)), quarantined.select(columns)]
+        )
 
         by_ge = ge_violation_counts(batch)
         recorded = recorded_violation_counts(quarantined)

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
+from marketpipe_assets.schemas import RAW
+
 from .rulebook import DAILY_PRICE_RULES, Rule
 
 if TYPE_CHECKING:
@@ -96,6 +98,8 @@ def ge_unexpected_rows(
     by_rule: dict[str, set[int]] = {r.name: set() for r in rules}
     if frame.is_empty():
         return by_rule
+    if RAW not in frame.columns:  # nothing failed to parse (schemas.conform)
+        frame = frame.with_columns(pl.lit(None, pl.String).alias(RAW))
     batch = _batch_definition().get_batch(batch_parameters={"dataframe": to_pandas(frame)})
     result = batch.validate(build_suite(rules), result_format={"result_format": "COMPLETE"})
     for outcome in result.results:

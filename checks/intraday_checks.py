@@ -14,7 +14,7 @@ import polars as pl
 
 from marketpipe_assets.markets import session_bounds
 from marketpipe_assets.metadata import markdown_table
-from marketpipe_assets.schemas import INTRADAY_BAR_MINUTES, PRICE_COLUMNS
+from marketpipe_assets.schemas import INTRADAY_BAR_MINUTES, INTRADAY_BARS, PRICE_COLUMNS, RAW
 
 from .price_checks import completeness_result, rules_result
 from .rulebook import (
@@ -24,6 +24,8 @@ from .rulebook import (
     UniqueTogether,
     Validated,
     WithinColumns,
+    named_rule,
+    parsed_rules,
     validate,
 )
 
@@ -46,6 +48,8 @@ INTRADAY_BAR_RULES: tuple[Rule, ...] = (
         "symbol, bar_start, session, open, high, low, close and volume are present",
         tuple(NotNull(c) for c in REQUIRED_COLUMNS),
     ),
+    *parsed_rules(INTRADAY_BARS),
+    named_rule("symbol"),
     *OHLCV_RULES,
     Rule(
         "within_session_hours",
@@ -85,9 +89,10 @@ def validate_intraday(frame: pl.DataFrame, market: str, sessions: list[dt.date])
     table = session_table(market, sessions).drop("slots")
     with_bounds = frame.join(table, on="trade_date", how="left", maintain_order="left")
     result = validate(with_bounds, INTRADAY_BAR_RULES)
+    columns = [c for c in frame.columns if c != RAW]
     return Validated(
-        clean=result.clean.select(frame.columns),
-        quarantined=result.quarantined.select(*frame.columns, "violations"),
+        clean=result.clean.select(columns),
+        quarantined=result.quarantined.select(*columns, "violations", RAW),
         violation_counts=result.violation_counts,
     )
 

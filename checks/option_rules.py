@@ -12,7 +12,16 @@ import polars as pl
 from marketpipe_assets.greeks import DAYS_PER_YEAR, RISK_FREE_RATE
 from marketpipe_assets.metadata import markdown_table
 
-from .rulebook import AtLeast, NotNull, PairAtLeast, Rule, UniqueTogether, Validated
+from .rulebook import (
+    AtLeast,
+    NotNull,
+    PairAtLeast,
+    Rule,
+    UniqueTogether,
+    Validated,
+    finite_rule,
+    named_rule,
+)
 
 IV_RANGE = (0.0, 5.0)  # implied volatility must lie in (low, high]
 PARITY_TOLERANCE = 0.05  # dollars, on top of half the two contracts' spreads
@@ -53,6 +62,12 @@ def option_rules(iv_range: tuple[float, float] = IV_RANGE) -> tuple[Rule, ...]:
     return (
         Rule(
             "required_fields", ", ".join(REQUIRED) + " are present", tuple(map(NotNull, REQUIRED))
+        ),
+        named_rule("underlying"),
+        named_rule("contract_symbol"),
+        finite_rule(
+            "finite_values",
+            ("strike", "bid", "ask", "last_price", "implied_volatility", "underlying_price"),
         ),
         Rule(
             "known_option_type",

@@ -20,7 +20,7 @@ import polars as pl
 
 from marketpipe_assets.markets import capture_slots
 from marketpipe_assets.metadata import markdown_table
-from marketpipe_assets.schemas import ORDER_BOOK_LEVELS
+from marketpipe_assets.schemas import ORDER_BOOK_LEVELS, RAW
 
 from .intraday_checks import SESSION_CLOSE, SESSION_OPEN, session_table
 from .price_checks import completeness_by_session, rules_result
@@ -31,6 +31,8 @@ from .rulebook import (
     Rule,
     Validated,
     WithinColumns,
+    finite_rule,
+    named_rule,
     validate,
 )
 
@@ -116,6 +118,8 @@ ORDER_BOOK_RULES: tuple[Rule, ...] = (
         "bid prices strictly fall and ask prices strictly rise from level 1, no gaps",
         (StrictlyOrdered("bid_price", True), StrictlyOrdered("ask_price", False)),
     ),
+    named_rule("symbol"),
+    finite_rule("finite_prices", ("bid_price", "ask_price")),
     Rule(
         "positive_prices",
         "quoted bid and ask prices are > 0",
@@ -176,9 +180,10 @@ def validate_order_books(frame: pl.DataFrame, market: str, sessions: list[dt.dat
         pl.Series(LEVELS, _per_snapshot(ids, first_of_level), dtype=pl.Int64),
     ).join(bounds, on="trade_date", how="left", maintain_order="left")
     result = validate(prepared, ORDER_BOOK_RULES, widen=_whole_snapshots)
+    columns = [c for c in frame.columns if c != RAW]
     return Validated(
-        clean=result.clean.select(frame.columns),
-        quarantined=result.quarantined.select(*frame.columns, "violations"),
+        clean=result.clean.select(columns),
+        quarantined=result.quarantined.select(*columns, "violations", RAW),
         violation_counts=result.violation_counts,
     )
 

@@ -6,12 +6,13 @@ breaks it) and its Great Expectations form, so both engines read the same defini
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import polars as pl
 
-from marketpipe_assets.schemas import PRICE_COLUMNS
+from marketpipe_assets.schemas import DAILY_PRICES, PRICE_COLUMNS, RAW
 
 COMPLETENESS_THRESHOLD = 0.95
 # KRX's daily price limit is +/-30%; a larger move is possible (US, corporate actions) but
@@ -104,7 +105,82 @@ class WithinColumns:
         return (outside.fill_null(False) | (no_bounds & col.is_not_null())).fill_null(False)
 
 
-Constraint = NotNull | AtLeast | PairAtLeast | UniqueTogether | WithinColumns
+# The largest finite float64: GE's form of "finite" is a range it spans.
+_FLOAT_MAX = 1.7976931348623157e308
+
+
+@dataclass(frozen=True)
+class Finite:
+    """+inf passes every lower bound, so finiteness is its own constraint; null is left to
+    NotNull (standardise turns NaN into null, keeping the NaN in `raw`)."""
+
+    column: str
+
+    def broken(self) -> pl.Expr:
+        return (~pl.col(self.column).is_finite()).fill_null(False)
+
+    def expectation(self) -> tuple[str, dict]:
+        return "ExpectColumnValuesToBeBetween", {
+            "column": self.column,
+            "min_value": -_FLOAT_MAX,
+            "max_value": _FLOAT_MAX,
+        }
+
+
+@dataclass(frozen=True)
+class NotBlank:
+    """A quoted empty or all-whitespace text is present to NotNull but names nothing."""
+
+    column: str
+
+    def broken(self) -> pl.Expr:
+        return pl.col(self.column).str.contains(r"^\s*$").fill_null(False)
+
+    def expectation(self) -> tuple[str, dict]:
+        return "ExpectColumnValuesToNotMatchRegex", {"column": self.column, "regex": r"^\s*$"}
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """The field's value was read as its type: schemas.conform keeps the text of each value it
+    could not read in the row's `raw` JSON object (and leaves the typed column null), so a key
+    for this field there means the source sent something that is not a valid value."""
+
+    column: str
+
+    @property
+    def key(self) -> str:
+        return f'"{self.column}":'  # conform writes keys with json.dumps: never inside a value
+
+    def broken(self) -> pl.Expr:
+        return pl.col(RAW).str.contains(self.key, literal=True).fill_null(False)
+
+    def expectation(self) -> tuple[str, dict]:
+        return "ExpectColumnValuesToNotMatchRegex", {"column": RAW, "regex": self.key}
+
+
+@dataclass(frozen=True)
+class OneOfDates:
+    """The date is one of `days` (a run's sessions); null is left to NotNull."""
+
+    column: str
+    days: tuple[dt.date, ...]
+
+    def broken(self) -> pl.Expr:
+        return (~pl.col(self.column).is_in(pl.Series(self.days, dtype=pl.Date))).fill_null(False)
+
+
+Constraint = (
+    NotNull
+    | AtLeast
+    | PairAtLeast
+    | UniqueTogether
+    | WithinColumns
+    | Finite
+    | NotBlank
+    | Parsed
+    | OneOfDates
+)
 
 
 @dataclass(frozen=True)
@@ -119,8 +195,43 @@ class Rule:
 
 REQUIRED_COLUMNS = ("symbol", "trade_date", *PRICE_COLUMNS, "volume")
 
+
+def parsed_rules(schema: pl.Schema) -> tuple[Rule, ...]:
+    """`unparseable:<field>` for each typed (non-text) field: the source sent a value that is
+    not one (`abc`, `1.5` for a count, `1e20` beyond int64, `2026-13-45`, NaN); the row's
+    `raw` shows it."""
+    return tuple(
+        Rule(
+            f"unparseable:{name}",
+            f"{name} was sent as a valid {dtype} (what was sent is kept in raw)",
+            (Parsed(name),),
+        )
+        for name, dtype in schema.items()
+        if dtype != pl.String
+    )
+
+
+def finite_rule(name: str, columns: tuple[str, ...]) -> Rule:
+    return Rule(name, f"{', '.join(columns)} are finite (not inf)", tuple(map(Finite, columns)))
+
+
+def named_rule(column: str) -> Rule:
+    return Rule(f"non_empty_{column}", f"{column} is not empty or blank", (NotBlank(column),))
+
+
+def session_rule(column: str, sessions: tuple[dt.date, ...]) -> Rule:
+    """Rows dated on a weekend, a holiday or a session the run does not materialize: the
+    source sent them for this run, so they are quarantined here rather than lost."""
+    return Rule(
+        "not_a_session",
+        f"{column} is one of the sessions the run materializes",
+        (OneOfDates(column, tuple(sessions)),),
+    )
+
+
 # The rules every OHLCV bar obeys, daily or intraday.
 OHLCV_RULES: tuple[Rule, ...] = (
+    finite_rule("finite_prices", PRICE_COLUMNS),
     Rule(
         "positive_prices",
         "open, high, low and close are > 0",
@@ -146,6 +257,8 @@ DAILY_PRICE_RULES: tuple[Rule, ...] = (
         "symbol, trade_date, open, high, low, close and volume are present",
         tuple(NotNull(c) for c in REQUIRED_COLUMNS),
     ),
+    *parsed_rules(DAILY_PRICES),
+    named_rule("symbol"),
     *OHLCV_RULES,
     Rule(
         "unique_symbol_date",
@@ -184,8 +297,12 @@ def validate(
     """Split rows into clean and quarantined; nothing is dropped.
 
     `widen(flagged, rule_names)` may spread each row's rule flags to related rows (an order
-    book's snapshot is quarantined whole) before the split.
+    book's snapshot is quarantined whole) before the split. The evidence column `raw`
+    (schemas.conform) goes to the quarantine only: a stored row parsed whole, so it has none.
     """
+    if RAW not in frame.columns:
+        frame = frame.with_columns(pl.lit(None, pl.String).alias(RAW))
+    columns = [c for c in frame.columns if c != RAW]
     names = [r.name for r in rules]
     flagged = frame.with_columns(r.broken() for r in rules)
     if widen is not None:
@@ -199,8 +316,8 @@ def validate(
         .alias("violations")
     )
     return Validated(
-        clean=flagged.filter(~bad).select(frame.columns),
-        quarantined=quarantined.select(*frame.columns, "violations"),
+        clean=flagged.filter(~bad).select(columns),
+        quarantined=quarantined.select(*columns, "violations", RAW),
         violation_counts={n: int(counts[n] or 0) for n in names},
     )
 

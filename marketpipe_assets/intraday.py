@@ -16,17 +16,17 @@ from resources.lake import LakeResource
 from resources.market_data import MarketDataResource
 from resources.sources.base import FallbackSource, intraday_bars
 
-from .markets import partition_dates, partitions_def
-from .metadata import session_metadata
+from .markets import partition_dates, partitions_def, with_filing
+from .metadata import accounted, session_metadata
 from .prices import load_universe, provider_pool
 from .publish import publish_if_checks_pass
 from .retries import provider_retries
-from .schemas import INTRADAY_BARS, conform
+from .schemas import FILED_UNDER, INTRADAY_BARS, conform
 
 
 def standardise_intraday(raw: pl.DataFrame) -> pl.DataFrame:
-    frame = conform(raw, INTRADAY_BARS, what="intraday bars")
-    return frame.with_columns(pl.col(pl.Float64).fill_nan(None))
+    """The schema's columns and types, plus `raw` (values that did not parse, NaN included)."""
+    return conform(raw, INTRADAY_BARS, what="intraday bars", evidence=True)
 
 
 def intraday_bars_asset(market: str) -> dg.AssetsDefinition:
@@ -57,7 +57,9 @@ def intraday_bars_asset(market: str) -> dg.AssetsDefinition:
             context.log.warning(f"{failure['source']} could not serve: {failure['reason']}")
         validated = validate_intraday(standardise_intraday(raw), market, sessions)
         stored = validated.clean
-        quarantined = validated.quarantined
+        # Rows of other sessions or none are filed under one of the run's (nothing dropped).
+        quarantined = with_filing(validated.quarantined, sessions)
+        counts = accounted(f"{market}/intraday_bars", len(raw), stored, quarantined)
         # Replaces exactly this run's partitions, stored and quarantine together, once the
         # blocking checks pass.
         batch = lake.stage(
@@ -67,7 +69,7 @@ def intraday_bars_asset(market: str) -> dg.AssetsDefinition:
             stored,
             quarantined,
             sessions,
-            undated=max(sessions),
+            quarantine_date_column=FILED_UNDER,
         )
 
         present = stored.select("symbol", "trade_date").unique()
@@ -83,7 +85,7 @@ def intraday_bars_asset(market: str) -> dg.AssetsDefinition:
             metadata=session_metadata(
                 context,
                 sessions,
-                counts={"rows": stored, "quarantined": quarantined},
+                counts=counts,
                 percents=by_session.select("trade_date", "completeness_pct"),
                 failures=failures,
                 uri=lake.uri(lake.market_dir("intraday_bars", market)),

@@ -6,14 +6,19 @@ synthetic source and the tests all ask it.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 import dagster as dg
+import polars as pl
+
+from .schemas import FILED_UNDER
 
 # Ten years of history plus margin: a full ten-year backfill fits inside the partitions.
 DEFAULT_START_DATE = "2015-01-02"
@@ -98,6 +103,30 @@ def sessions_between(market: str, first: dt.date, last: dt.date) -> list[dt.date
 def previous_session(market: str, day: dt.date) -> dt.date | None:
     earlier = [d for d in all_sessions(market) if d < day]
     return earlier[-1] if earlier else None
+
+
+def latest_on_or_before(days: Sequence[dt.date], day: dt.date) -> dt.date:
+    """The latest of the sorted `days` on or before `day`; the first one for a day before all."""
+    return days[max(bisect.bisect_right(days, day) - 1, 0)]
+
+
+def filed_under(dates: pl.Series, sessions: Sequence[dt.date]) -> pl.Series:
+    """The run session each quarantined row is filed under: its own date when that is one of
+    the run's `sessions`; else the latest of them on or before it (the first for an earlier
+    date), so a Saturday's row sits with Friday's; the run's last session for a row with no
+    date."""
+    days = sorted(set(sessions))
+    filed = {d: latest_on_or_before(days, d) for d in dates.drop_nulls().unique()}
+    by_date = dates.replace_strict(filed, default=None, return_dtype=pl.Date)
+    return by_date.fill_null(days[-1])
+
+
+def with_filing(
+    quarantined: pl.DataFrame, sessions: Sequence[dt.date], date_column: str = "trade_date"
+) -> pl.DataFrame:
+    """Quarantined rows with FILED_UNDER, the partition that keeps them."""
+    filing = filed_under(quarantined[date_column], sessions) if len(quarantined) else []
+    return quarantined.with_columns(pl.Series(FILED_UNDER, filing, dtype=pl.Date))
 
 
 def holidays(market: str, first: dt.date) -> list[dt.date]:

@@ -15,10 +15,37 @@ from collections.abc import Mapping, Sequence
 import dagster as dg
 import polars as pl
 
+from .schemas import FILED_UNDER
+
 
 def percent(fraction: float) -> float:
     """A fraction as a percent, two decimals: the one unit of completeness and coverage."""
     return round(100 * float(fraction), 2)
+
+
+def accounted(
+    what: str,
+    sent: int,
+    stored: pl.DataFrame,
+    quarantined: pl.DataFrame,
+    column: str = "trade_date",
+) -> dict[str, pl.DataFrame]:
+    """The per-session counts that show nothing was dropped (`counts` of session_metadata):
+    `sent` = `stored` + `quarantined`, the quarantine counted where it is filed. Call it before
+    staging: a run whose rows do not add up to what its source sent fails, publishing nothing."""
+    if len(stored) + len(quarantined) != sent:
+        raise dg.Failure(
+            f"{what}: {sent} rows sent but {len(stored)} stored and {len(quarantined)} "
+            "quarantined; nothing was published. This is a bug in marketpipe: please report it."
+        )
+    where = FILED_UNDER if FILED_UNDER in quarantined.columns else column
+    filed = quarantined.select(pl.col(where).alias(column))
+    return {
+        "sent": pl.concat([stored.select(column), filed]),
+        "stored": stored,
+        "rows": stored,
+        "quarantined": filed,
+    }
 
 
 def path_value(uri: str) -> dg.MetadataValue:

@@ -20,7 +20,7 @@ from checks.option_rules import (
     parity_result,
     rules_result,
 )
-from checks.rulebook import validate
+from checks.rulebook import session_rule, validate
 from resources.lake import LakeResource
 from resources.market_data import MarketDataResource
 from resources.providers.base import run_sync
@@ -38,12 +38,20 @@ from .markets import (
     partitions_def,
     previous_session,
     session_bounds,
+    with_filing,
 )
-from .metadata import run_totals, session_metadata
+from .metadata import accounted, run_totals, session_metadata
 from .prices import provider_pool
 from .publish import publish_if_checks_pass
 from .retries import provider_retries
-from .schemas import OPTION_CHAIN_VENDOR, OPTION_CHAINS, conform, quarantine_schema
+from .schemas import (
+    FILED_UNDER,
+    OPTION_CHAIN_VENDOR,
+    OPTION_CHAINS,
+    RAW,
+    conform,
+    quarantine_schema,
+)
 
 DATASET = "option_chains"
 log = logging.getLogger(__name__)
@@ -216,13 +224,22 @@ def store_chains(
     with stage("derive"):
         frame, iv_counts = derive(raw, config.risk_free_rate, iv_range, fetched_at)
     with stage("validate"):
-        validated = validate(frame, rules)
-        quarantined = validated.quarantined.select(quarantine_schema(OPTION_CHAINS).names())
+        validated = validate(frame, (*rules, session_rule("quote_date", tuple(sessions))))
+        quarantined = validated.quarantined.select(*quarantine_schema(OPTION_CHAINS), RAW)
+        # Rows quoted on no session of the run, or undated, are filed under one (none dropped).
+        quarantined = with_filing(quarantined, sessions, "quote_date")
     with stage("write"):
         # Staged: replaces exactly these sessions' stored and quarantine files once published
-        # (publish_if_checks_pass); undated rows go with the last session.
+        # (publish_if_checks_pass).
         batch = lake.stage(
-            run_id, DATASET, "us", validated.clean, quarantined, sessions, date_column="quote_date"
+            run_id,
+            DATASET,
+            "us",
+            validated.clean,
+            quarantined,
+            sessions,
+            date_column="quote_date",
+            quarantine_date_column=FILED_UNDER,
         )
     with stage("checks"):
         results = [
@@ -277,13 +294,16 @@ def option_chains_asset() -> dg.AssetsDefinition:
             fetched_at=fetched_at if live else None,
             run_id=context.run_id,
         )
+        counts = accounted(
+            "us/option_chains", len(raw), done.stored, done.quarantined, "quote_date"
+        )
         yield from publish_if_checks_pass(context, lake, done.batch, done.check_results)
         yield dg.MaterializeResult(
             metadata={
                 **session_metadata(
                     context,
                     sessions,
-                    counts={"rows": done.stored, "quarantined": done.quarantined},
+                    counts=counts,
                     failures=failures,
                     uri=lake.uri(lake.market_dir(DATASET, "us")),
                     shown=done.stored,

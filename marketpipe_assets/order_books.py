@@ -26,12 +26,12 @@ from resources.market_data import MarketDataResource
 from resources.sources.base import ConfigurationError, SourceUnavailable
 from resources.sources.books import order_book_history
 
-from .markets import partition_dates, partitions_def
-from .metadata import session_metadata
+from .markets import partition_dates, partitions_def, with_filing
+from .metadata import accounted, session_metadata
 from .prices import load_universe, provider_pool
 from .publish import publish_if_checks_pass
 from .retries import provider_retries
-from .schemas import ORDER_BOOK_LEVELS, ORDER_BOOKS
+from .schemas import FILED_UNDER, ORDER_BOOK_LEVELS, ORDER_BOOKS
 
 DATASET = "order_books"
 INTERVAL_VARIABLE = "MARKETPIPE_ORDER_BOOK_INTERVAL_MINUTES"
@@ -120,13 +120,22 @@ def order_books_asset(market: str) -> dg.AssetsDefinition:
                     f"{market}/order_books: no snapshots were captured for {days}{more} in "
                     f"{spool.root}, and {exc}"
                 ) from exc
-        validated = validate_order_books(pl.concat(frames), market, sessions)
+        sent = pl.concat(frames)
+        validated = validate_order_books(sent, market, sessions)
         stored = with_derived(validated.clean)
-        quarantined = validated.quarantined
+        # Rows of other sessions or none are filed under one of the run's (nothing dropped).
+        quarantined = with_filing(validated.quarantined, sessions)
+        counts = accounted(f"{market}/{DATASET}", len(sent), stored, quarantined)
         # Replaces exactly this run's partitions, stored and quarantine together, once the
         # blocking checks pass.
         batch = lake.stage(
-            context.run_id, DATASET, market, stored, quarantined, sessions, undated=max(sessions)
+            context.run_id,
+            DATASET,
+            market,
+            stored,
+            quarantined,
+            sessions,
+            quarantine_date_column=FILED_UNDER,
         )
 
         by_session = coverage_by_session(stored, universe, market, sessions, interval)
@@ -141,9 +150,9 @@ def order_books_asset(market: str) -> dg.AssetsDefinition:
                     context,
                     sessions,
                     counts={
-                        "rows": stored,
+                        **counts,
                         "snapshots": stored.filter(pl.col("level") == 1),
-                        "quarantined_rows": quarantined,
+                        "quarantined_rows": counts["quarantined"],
                     },
                     percents=by_session.select(
                         "trade_date",

@@ -14,17 +14,17 @@ from checks.price_checks import (
     price_relationships_result,
     suspicious_jumps_result,
 )
-from checks.rulebook import HALTED, validate
+from checks.rulebook import DAILY_PRICE_RULES, HALTED, session_rule, validate
 from resources.lake import LakeResource
 from resources.market_data import MarketDataResource
 from resources.sources.base import FallbackSource
 from resources.sources.files import FilesSource, SessionUniverse
 
-from .markets import MARKETS, partition_dates, partitions_def, previous_session
-from .metadata import markdown_table, path_value, session_metadata
+from .markets import MARKETS, partition_dates, partitions_def, previous_session, with_filing
+from .metadata import accounted, markdown_table, path_value, session_metadata
 from .publish import publish_if_checks_pass
 from .retries import provider_retries
-from .schemas import DAILY_PRICES, UNIVERSE, conform
+from .schemas import DAILY_PRICES, FILED_UNDER, UNIVERSE, conform
 
 
 def provider_pool(market: str) -> str:
@@ -65,9 +65,9 @@ def universe_asset(market: str) -> dg.AssetsDefinition:
 
 
 def standardise(raw: pl.DataFrame) -> pl.DataFrame:
-    """The contract's columns and types; NaN becomes null so every engine sees it as missing."""
-    frame = conform(raw, DAILY_PRICES, what="daily bars")
-    return frame.with_columns(pl.col(pl.Float64).fill_nan(None))
+    """The contract's columns and types, plus `raw`: the text of each value that did not parse
+    (NaN included: null to every engine, kept as evidence)."""
+    return conform(raw, DAILY_PRICES, what="daily bars", evidence=True)
 
 
 def load_universe(lake: LakeResource, market: str, *, required: bool = True) -> pl.DataFrame | None:
@@ -118,12 +118,15 @@ def daily_prices_asset(market: str) -> dg.AssetsDefinition:
         failures = source.last_failures if isinstance(source, FallbackSource) else []
         for failure in failures:
             context.log.warning(f"{failure['source']} could not serve: {failure['reason']}")
-        validated = validate(standardise(raw))
+        rules = (*DAILY_PRICE_RULES, session_rule("trade_date", tuple(sessions)))
+        validated = validate(standardise(raw), rules)
         stored = validated.clean
-        quarantined = validated.quarantined
+        # Every row sent is stored or quarantined: rows dated outside the run's sessions or
+        # undated are filed under one of them (markets.filed_under), dates kept as sent.
+        quarantined = with_filing(validated.quarantined, sessions)
+        counts = accounted(f"{market}/daily_prices", len(raw), stored, quarantined)
         # Staged, not yet visible: replaces exactly this run's partitions (stored and
-        # quarantine) together once the blocking checks pass. Undated rows cannot name their
-        # session: they are filed, as they are, under the last.
+        # quarantine) together once the blocking checks pass.
         batch = lake.stage(
             context.run_id,
             "daily_prices",
@@ -131,7 +134,7 @@ def daily_prices_asset(market: str) -> dg.AssetsDefinition:
             stored,
             quarantined,
             sessions,
-            undated=max(sessions),
+            quarantine_date_column=FILED_UNDER,
         )
 
         by_session = completeness_by_session(stored, universe, sessions)
@@ -150,11 +153,7 @@ def daily_prices_asset(market: str) -> dg.AssetsDefinition:
                     context,
                     sessions,
                     # halted: stored, flat, volume 0.
-                    counts={
-                        "rows": stored,
-                        "quarantined": quarantined,
-                        "halted": stored.filter(HALTED),
-                    },
+                    counts={**counts, "halted": stored.filter(HALTED)},
                     percents=by_session.select("trade_date", "completeness_pct"),
                     by_source=stored,
                     failures=failures,

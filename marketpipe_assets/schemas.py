@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import polars as pl
 
 UNIVERSE = pl.Schema(
@@ -135,13 +137,166 @@ TRADE_AGGREGATES = pl.Schema(
 )
 
 
+# Evidence of what a source sent: a JSON object of the fields of a row whose value could not be
+# read as its type, with the text as sent (`{"volume": "1.5"}`); null when every field parsed.
+# It travels with the row into the quarantine, whose typed column for that field is null.
+RAW = "raw"
+# The quarantine's partition column: the run session a rejected row is filed under, which is
+# its own date unless that date is empty or not one of the run's sessions (markets.filed_under).
+FILED_UNDER = "filed_under"
+# Above this a float no longer holds every integer exactly, so it cannot be read as a count.
+_EXACT_FLOAT_INTEGER = 2.0**53
+
+
 def quarantine_schema(schema: pl.Schema) -> pl.Schema:
+    """The columns every quarantine file has. Files also carry `raw` (and daily datasets
+    `filed_under`); readers that want that evidence ask for it, so files written before it
+    existed stay readable."""
     return pl.Schema({**schema, "violations": pl.List(pl.String)})
 
 
-def conform(frame: pl.DataFrame, schema: pl.Schema, *, what: str) -> pl.DataFrame:
-    """Select and cast the schema's columns; a missing column is an error naming it."""
+def _read_as(
+    name: str, source: pl.DataType, target: pl.DataType, *, nan_is_unread: bool
+) -> tuple[pl.Expr, pl.Expr]:
+    """The column read as `target`, and True where a value was sent but could not be read
+    (the typed value is then null, never a guess: 1.5 is not rounded into a count). NaN becomes
+    null, "no number" to every engine downstream; `nan_is_unread` counts it as unread too (a
+    source sent it), otherwise it is a derived value's "undefined"."""
+    col = pl.col(name)
+    if source == target:  # the usual case, kept cheap: only a float's NaN can be unread
+        if not target.is_float():
+            return col, pl.lit(False)
+        return col.fill_nan(None), col.is_nan().fill_null(False) & nan_is_unread
+    if source == pl.String and target == pl.Date:
+        typed = col.str.strip_chars().str.to_date("%Y-%m-%d", strict=False)
+    elif source == pl.String and isinstance(target, pl.Datetime):
+        typed = col.str.strip_chars().str.to_datetime(strict=False, time_zone=target.time_zone)
+    elif source == pl.String and target.is_numeric():
+        text = col.str.strip_chars()
+        typed = text.cast(target, strict=False)
+        if target.is_integer():
+            # "1000.0" is a count written by a float-minded tool; "1.5" is not one.
+            typed = typed.fill_null(_integral(text.cast(pl.Float64, strict=False), target))
+    elif source.is_float() and target.is_integer():
+        typed = _integral(col, target)
+    else:
+        typed = col.cast(target, strict=False)
+    # Blank text is a missing value (required_fields' business), not a malformed one.
+    sent = col.is_not_null()
+    if source == pl.String and target != pl.String:
+        sent = sent & (col.str.strip_chars() != "")
+    unread = sent & typed.is_null()
+    if target.is_float():
+        if nan_is_unread:
+            unread = unread | typed.is_nan().fill_null(False)
+        typed = pl.when(typed.is_nan()).then(None).otherwise(typed)
+    return typed.alias(name), unread
+
+
+def _integral(values: pl.Expr, target: pl.DataType) -> pl.Expr:
+    exact = (values == values.round(0)) & (values.abs() <= _EXACT_FLOAT_INTEGER)
+    return pl.when(exact).then(values).cast(target, strict=False)
+
+
+def conform(
+    frame: pl.DataFrame, schema: pl.Schema, *, what: str, evidence: bool = False
+) -> pl.DataFrame:
+    """The schema's columns read as its types; a missing column is an error naming it.
+
+    A value that cannot be read as its column's type (`abc` or `1.5` for a volume, `1e20`
+    beyond int64, `2026-13-45`, NaN) becomes null. With `evidence`, its text as sent goes into
+    the `raw` column (merged with a `raw` the frame already has) for validation's
+    `unparseable:<field>` rules to quarantine; without, it is an error naming the field and
+    the value.
+    """
     missing = [c for c in schema if c not in frame.columns]
     if missing:
         raise ValueError(f"{what}: missing column(s) {missing}; expected {list(schema)}")
-    return frame.select(pl.col(c).cast(t, strict=False) for c, t in schema.items())
+    read = {c: _read_as(c, frame.schema[c], t, nan_is_unread=evidence) for c, t in schema.items()}
+    try:
+        typed = frame.select(
+            *(value for value, _ in read.values()),
+            *(failed.alias(f"_unread_{c}") for c, (_, failed) in read.items()),
+        )
+    except pl.exceptions.PolarsError as exc:
+        found = {c: str(frame.schema[c]) for c in schema}
+        raise ValueError(
+            f"{what}: columns of types {found} cannot be read as {dict(schema)} ({exc}); "
+            "send the columns with these types or as text"
+        ) from exc
+    flags = [f"_unread_{c}" for c in schema]
+    unread = typed.select(pl.any_horizontal(flags).any()).item()
+    texts = _unread_texts(frame, typed, list(schema)) if unread else []
+    if not evidence:
+        if texts:
+            index, fields = texts[0]
+            field, value = next(iter(fields.items()))
+            raise ValueError(
+                f"{what}: row {index + 1}, field {field!r}: {value!r} is not a valid "
+                f"{schema[field]} ({len(texts)} row(s) like this); correct the value and retry"
+            )
+        return typed.select(schema.names())
+    return _with_raw(typed.select(schema.names()), frame, texts)
+
+
+def with_evidence(typed: pl.DataFrame, sent: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
+    """`typed` plus `raw`, as conform keeps it, for a provider that reads its own text: the
+    text of each of `columns` that `sent` has (not blank) but `typed` has null (it did not
+    parse). Both frames row for row; `typed` unchanged when everything parsed."""
+    text = sent.select(pl.col(c).cast(pl.String).str.strip_chars().fill_null("") for c in columns)
+    flags = pl.DataFrame(
+        {f"_unread_{c}": (text[c] != "") & typed[c].is_null() for c in columns},
+        schema=dict.fromkeys((f"_unread_{c}" for c in columns), pl.Boolean),
+    )
+    if not flags.select(pl.any_horizontal(pl.all()).any()).item():
+        return typed
+    return _with_raw(typed, sent, _unread_texts(sent, flags, columns))
+
+
+def _with_raw(
+    typed: pl.DataFrame, sent: pl.DataFrame, texts: list[tuple[int, dict[str, str]]]
+) -> pl.DataFrame:
+    """`typed` with the `raw` column: `sent`'s own raw, merged with `texts`."""
+    if RAW not in sent.columns and not texts:
+        return typed.with_columns(pl.lit(None, pl.String).alias(RAW))
+    raw = (
+        sent[RAW]
+        if RAW in sent.columns
+        else pl.repeat(None, len(sent), dtype=pl.String, eager=True)
+    )
+    if texts:
+        merged = [{**_json_object(raw[i]), **fields} for i, fields in texts]
+        values = pl.Series([json.dumps(m, sort_keys=True) for m in merged], dtype=pl.String)
+        raw = raw.cast(pl.String).scatter([i for i, _ in texts], values)
+    return typed.with_columns(raw.cast(pl.String).alias(RAW))
+
+
+def _unread_texts(
+    frame: pl.DataFrame, typed: pl.DataFrame, columns: list[str]
+) -> list[tuple[int, dict[str, str]]]:
+    """(row index, {field: text as sent}) of each row with a value that could not be read."""
+    marked = (
+        frame.select(columns)
+        .with_row_index("_row")
+        .with_columns(typed.select(f"_unread_{c}" for c in columns))
+    )
+    marked = marked.filter(pl.any_horizontal(f"_unread_{c}" for c in columns))
+    texts = marked.select(
+        "_row",
+        *(
+            pl.when(pl.col(f"_unread_{c}")).then(pl.col(c).cast(pl.String)).alias(c)
+            for c in columns
+        ),
+    )
+    return [
+        (row.pop("_row"), {c: v for c, v in row.items() if v is not None})
+        for row in texts.iter_rows(named=True)
+    ]
+
+
+def _json_object(text: str | None) -> dict:
+    try:
+        value = json.loads(text) if text else {}
+    except ValueError:
+        return {"raw": text}
+    return value if isinstance(value, dict) else {"raw": value}

@@ -428,8 +428,9 @@ def trade_aggregates_asset(market: str) -> dg.AssetsDefinition:
         )
         hourly = pl.concat([b.hourly for b in built])
         minutes = pl.concat([b.minutes for b in built])
+        duplicates = sum(b.duplicates_dropped for b in built)
         check_results = [
-            trade_rules_result(validated, sum(b.duplicates_dropped for b in built)),
+            trade_rules_result(validated, duplicates),
             reconcile_result(validated.clean, hourly, minutes),
         ]
         # Every hour of the run (aggregates, minutes, quarantine, sources) is published together
@@ -453,6 +454,11 @@ def trade_aggregates_asset(market: str) -> dg.AssetsDefinition:
                     volume=float(validated.clean["size"].sum()),
                     symbols=hourly["symbol"].n_unique(),
                     batch_files_read=sum(b.batch_files for b in built),
+                    # Trades read == stored + quarantined + exact re-flushed copies kept once.
+                    sent=len(validated.clean) + len(validated.quarantined) + duplicates,
+                    stored=len(validated.clean),
+                    quarantined=len(validated.quarantined),
+                    duplicates_dropped=duplicates,
                 ),
                 "path": path_value(lake.uri(lake.market_dir(DATASET, market))),
                 **(

@@ -145,18 +145,21 @@ class LakeResource(dg.ConfigurableResource):
         days: Iterable[dt.date],
         *,
         date_column: str = "trade_date",
+        quarantine_date_column: str | None = None,
         undated: dt.date | None = None,
     ) -> Batch:
         """Stage the replacement of `days`' partitions of `dataset` and of its quarantine: each
         day's stored rows (an empty file if none) and quarantined rows (rows where any, no file
         where none; rows without a date go, as they are, to `undated`, default the last day).
-        `quarantined=None`: a dataset without quarantine. Nothing is visible until publish()."""
+        `quarantined=None`: a dataset without quarantine. `quarantine_date_column` (default
+        `date_column`) names the day a quarantined row is filed under, which for a row dated off
+        the run's sessions is not its own date. Nothing is visible until publish()."""
         days = list(days)
         files = partition_files(dataset, market, stored, days, date_column)
         deletes: list[str] = []
         if quarantined is not None:
             changes = self._quarantine_changes(
-                dataset, market, quarantined, days, date_column, undated
+                dataset, market, quarantined, days, quarantine_date_column or date_column, undated
             )
             files.update(changes[0])
             deletes = changes[1]

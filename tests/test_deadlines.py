@@ -12,6 +12,7 @@ import math
 import pytest
 
 from marketpipe_assets.retries import is_retryable
+from resources.collector.feeds import KisFeed
 from resources.providers import breaker as breaker_module
 from resources.providers import limiter as limiter_module
 from resources.providers.breaker import CircuitBreaker
@@ -24,6 +25,7 @@ from tests.conftest import recent_sessions
 from tests.fakes.finnhub import FakeFinnhub, stamp_of
 from tests.fakes.hostile import non_finite
 from tests.fakes.server import FakeProvider, Reply, Request
+from tests.fakes.ws_kis import APPROVAL, FakeKisApproval
 
 KEY = "fhk-Q7zP2v9XkR4mW1"
 ONE_TRY = RetryPolicy(attempts=1, initial=0.0, jitter=0.0)
@@ -159,3 +161,19 @@ def test_infinity_and_nan_prices_reach_validation_as_non_finite():
     assert first["high"] == math.inf
     # NaN is not a price: it arrives as a missing value or NaN, never as a number.
     assert second["close"] is None or math.isnan(second["close"])
+
+
+def test_the_kis_approval_request_meets_the_deadline_too(monkeypatch):
+    monkeypatch.setenv("MARKETPIPE_HTTP_DEADLINE_SECONDS", "1")
+    with FakeKisApproval("kis-app-key-7Q2", "kis-app-secret-9Z4") as server:
+        server.faults.add(200, {"approval_key": "k" * 200}, trickle=0.3, path=APPROVAL)
+        feed = KisFeed(
+            "kis-app-key-7Q2", "kis-app-secret-9Z4", ["005930"], server.url, "ws://127.0.0.1:1"
+        )
+        with pytest.raises(ConnectionError) as caught:
+            asyncio.run(feed._approval_key())
+    message = str(caught.value)
+    assert "kis /oauth2/Approval" in message and "1 s deadline" in message
+    assert "MARKETPIPE_HTTP_DEADLINE_SECONDS" in message
+    assert "kis-app-secret-9Z4" not in message
+    # A ConnectionError is what the collector reconnects on, with backoff.

@@ -22,6 +22,7 @@ pytestmark = pytest.mark.xdist_group("ge")
 DAY = dt.date(2026, 3, 2)
 RULES = [r.name for r in DAILY_PRICE_RULES]
 NAN = float("nan")
+INF = float("inf")
 
 
 def bar(symbol, day=DAY, o=100.0, h=110.0, low=90.0, c=105.0, v=1_000):
@@ -77,8 +78,23 @@ def violation_frame() -> pl.DataFrame:
         bar("M1", o=0.0, h=-1.0, low=5.0, c=None, v=-7),
         bar("M2", h=None, o=-3.0, v=-2),
         bar("M2", h=95.0, low=96.0, o=97.0, c=120.0),
+        # infinite prices pass every bound; blank symbols are present but name nothing
+        bar("INF1", h=INF),
+        bar("INF2", o=-INF, low=-INF),
+        bar(""),
+        bar(" \t"),
     ]
-    return standardise(pl.DataFrame(rows, schema=DAILY_PRICES))
+    # Text a file would send that does not read as its type: kept in `raw` by standardise.
+    unreadable = [
+        {**bar("T1"), "trade_date": "2026-13-45"},
+        {**bar("T2"), "volume": "1.5", "close": "abc"},
+        {**bar("T3"), "volume": "1e20"},
+    ]
+    as_text = pl.DataFrame(
+        [{k: None if v is None else str(v) for k, v in r.items()} for r in unreadable],
+        schema=dict.fromkeys(DAILY_PRICES, pl.String),
+    )
+    return pl.concat([standardise(pl.DataFrame(rows, schema=DAILY_PRICES)), standardise(as_text)])
 
 
 def test_importing_the_project_does_not_import_great_expectations():

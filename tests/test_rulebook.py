@@ -1,12 +1,13 @@
 """The polars rulebook: each rule catches its defect, clean bars pass, nothing is dropped."""
 
 import datetime as dt
+import json
 
 import polars as pl
 import pytest
 
 from checks.rulebook import DAILY_PRICE_RULES, REQUIRED_COLUMNS, day_over_day_jumps, validate
-from marketpipe_assets.schemas import DAILY_PRICES
+from marketpipe_assets.schemas import DAILY_PRICES, RAW
 
 DAY = dt.date(2026, 3, 2)
 RULES = [r.name for r in DAILY_PRICE_RULES]
@@ -28,6 +29,9 @@ def bar(symbol: str = "AAA", day: dt.date = DAY, **values) -> dict:
 
 
 def frame(rows: list[dict]) -> pl.DataFrame:
+    """Rows with a `raw` key carry it (what schemas.conform could not parse)."""
+    if any(RAW in r for r in rows):
+        return pl.DataFrame(rows, schema={**DAILY_PRICES, RAW: pl.String})
     return pl.DataFrame(rows, schema=DAILY_PRICES)
 
 
@@ -49,6 +53,15 @@ DEFECTS: dict[str, list[dict]] = {
     "open_within_range": [bar(open=111.0), bar(open=89.0)],
     "close_within_range": [bar(close=110.5), bar(close=89.99)],
     "non_negative_volume": [bar(volume=-1)],
+    "finite_prices": [
+        *(bar(**{c: float("inf")}) for c in ("open", "high", "low", "close")),
+        bar(low=float("-inf")),
+    ],
+    "non_empty_symbol": [bar(symbol=""), bar(symbol="  \t")],
+    **{
+        f"unparseable:{c}": [bar(**{c: None, RAW: json.dumps({c: "abc"})})]
+        for c in ("trade_date", "open", "high", "low", "close", "volume")
+    },
     "unique_symbol_date": [[bar(), bar(close=106.0)]],
 }
 
@@ -72,7 +85,7 @@ def test_clean_bars_pass_every_rule():
 )
 def test_rule_fails_on_its_defect(rule, defect):
     bad_rows = defect if isinstance(defect, list) else [defect]
-    result = validate(pl.concat([clean_frame(), frame(bad_rows)]))
+    result = validate(pl.concat([clean_frame(), frame(bad_rows)], how="diagonal"))
     assert result.violation_counts[rule] == len(bad_rows)
     assert len(result.quarantined) == len(bad_rows)
     assert all(rule in v for v in result.quarantined["violations"].to_list())
@@ -117,10 +130,10 @@ def test_validate_keeps_every_row_and_names_the_broken_rules():
 
     assert len(result.clean) + len(result.quarantined) == len(source)
     assert result.clean.columns == source.columns
-    assert result.quarantined.columns == [*source.columns, "violations"]
+    assert result.quarantined.columns == [*source.columns, "violations", RAW]
     assert result.quarantined.schema["violations"] == pl.List(pl.String)
     # Together the two halves are the input, row for row.
-    both = pl.concat([result.clean, result.quarantined.drop("violations")])
+    both = pl.concat([result.clean, result.quarantined.drop("violations", RAW)])
     assert both.sort(pl.all()).equals(source.sort(pl.all()))
 
     violations = dict(

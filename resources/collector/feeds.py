@@ -15,7 +15,7 @@ import websockets
 
 from marketpipe_assets.markets import MARKETS, all_sessions, session_bounds
 from resources.providers.base import required_env
-from resources.providers.http import Redactor
+from resources.providers.http import DEADLINE_VARIABLE, Redactor, deadline_from_env
 from resources.providers.values import SEOUL
 
 from .formats import (
@@ -94,19 +94,39 @@ class KisFeed:
         self._seen = Occurrences()
 
     async def _approval_key(self) -> str:
+        """POST the approval request and read the whole answer within the deadline every
+        provider request has (MARKETPIPE_HTTP_DEADLINE_SECONDS): a server that trickles its
+        answer must not hold the collector; a miss is a ConnectionError, so it reconnects."""
         body = {"grant_type": "client_credentials", "appkey": self._app_key}
         body["secretkey"] = self._app_secret
-        async with httpx.AsyncClient(timeout=10.0) as client:
-            response = await client.post(f"{self.base_url}{APPROVAL_PATH}", json=body)
+        deadline = deadline_from_env()
+        where = f"kis {APPROVAL_PATH}"
+        try:
+            async with asyncio.timeout(deadline), httpx.AsyncClient(timeout=deadline) as client:
+                response = await client.post(f"{self.base_url}{APPROVAL_PATH}", json=body)
+        except TimeoutError:
+            raise ConnectionError(
+                f"{where}: no complete answer within the {deadline:g} s deadline "
+                f"({DEADLINE_VARIABLE}); check KIS_BASE_URL or raise the deadline"
+            ) from None
+        except httpx.HTTPError as exc:
+            detail = self.redact.excerpt(f"{type(exc).__name__}: {exc}", 300)
+            raise ConnectionError(f"{where}: {detail}; check KIS_BASE_URL") from None
         if response.status_code != 200:
             raise ConnectionError(
-                f"kis {APPROVAL_PATH}: HTTP {response.status_code}: "
+                f"{where}: HTTP {response.status_code}: "
                 f"{self.redact.excerpt(response.text, 300)}; check KIS_APP_KEY, KIS_APP_SECRET "
                 "and KIS_BASE_URL"
             )
-        key = response.json().get("approval_key")
+        try:
+            key = response.json().get("approval_key")
+        except (ValueError, AttributeError):
+            key = None
         if not key:
-            raise ConnectionError(f"kis {APPROVAL_PATH}: no approval_key in the answer")
+            raise ConnectionError(
+                f"{where}: no approval_key in the answer "
+                f"{self.redact.excerpt(response.text, 300)!r}; check KIS_BASE_URL"
+            )
         self.redact = Redactor([self._app_key, self._app_secret, key])
         return str(key)
 

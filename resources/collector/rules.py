@@ -13,7 +13,16 @@ import os
 
 import polars as pl
 
-from checks.rulebook import AtLeast, NotNull, Rule, Validated, WithinColumns, validate
+from checks.rulebook import (
+    AtLeast,
+    NotNull,
+    Rule,
+    Validated,
+    WithinColumns,
+    finite_rule,
+    named_rule,
+    validate,
+)
 from marketpipe_assets.markets import MARKETS, is_session, session_bounds
 from marketpipe_assets.schemas import TRADES, quarantine_schema
 from resources.sources.base import ConfigurationError
@@ -32,6 +41,8 @@ TRADE_RULES: tuple[Rule, ...] = (
         "symbol, ts, price and size are present and readable",
         tuple(NotNull(c) for c in ("symbol", "ts", "price", "size")),
     ),
+    named_rule("symbol"),
+    finite_rule("finite_values", ("price", "size")),
     Rule("positive_price", "price > 0", (AtLeast("price", 0, strict=True),)),
     Rule("positive_size", "size > 0", (AtLeast("size", 0, strict=True),)),
     Rule(

@@ -81,8 +81,9 @@ async def fetch_each(
 
 
 def bars_by_date(frames: Sequence[pl.DataFrame]) -> pl.DataFrame:
-    """daily_prices frames as one, by date then symbol (undated rows last); none -> empty."""
-    return pl.concat([pl.DataFrame(schema=DAILY_PRICES), *frames]).sort(
+    """daily_prices frames as one, by date then symbol (undated rows last); none -> empty. A
+    frame's `raw` evidence (values that did not parse) is kept."""
+    return pl.concat([pl.DataFrame(schema=DAILY_PRICES), *frames], how="diagonal").sort(
         "trade_date", "symbol", nulls_last=True, maintain_order=True
     )
 

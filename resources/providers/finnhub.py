@@ -32,6 +32,7 @@ to the day before.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import time
@@ -40,13 +41,13 @@ from typing import Any
 
 import polars as pl
 
-from marketpipe_assets.schemas import DAILY_PRICES
+from marketpipe_assets.schemas import DAILY_PRICES, RAW
 from resources.sources.base import ConfigurationError
 
 from .base import OneMarketDailyBars, fetch_all, no_listing, rate_limit, required_env
 from .errors import BadRequest, NotFound, Unauthorized
 from .http import ProviderHttp, RetryPolicy
-from .values import NEW_YORK, US_CLOSE, bar_columns, date_of, epoch
+from .values import NEW_YORK, US_CLOSE, bar_columns, date_of, epoch, served
 
 PROVIDER = "finnhub"
 DEFAULT_BASE_URL = "https://finnhub.io/api/v1"
@@ -69,6 +70,20 @@ def session_date(epoch: int | float | None) -> dt.date | None:
     if seconds % 86_400 == 0:
         return date_of(seconds, dt.UTC)
     return date_of(seconds, NEW_YORK)
+
+
+def candle_dates(stamps: list) -> tuple[list[dt.date | None], list[str | None]]:
+    """Per candle stamp: its session date, and the JSON evidence of a stamp that is none."""
+    dates: list[dt.date | None] = []
+    unread: list[str | None] = []
+    for stamp in stamps:
+        try:
+            dates.append(session_date(stamp))
+            unread.append(None)
+        except (TypeError, ValueError, OverflowError, OSError):
+            dates.append(None)
+            unread.append(json.dumps({"trade_date": str(stamp)}))
+    return dates, unread
 
 
 def now() -> float:
@@ -167,15 +182,13 @@ class FinnhubSource(OneMarketDailyBars):
                 len(missing),
                 ", ".join(sorted(missing)),
             )
-        frame = pl.concat(frames) if frames else pl.DataFrame(schema=DAILY_PRICES)
-        outside = frame.filter(
-            pl.col("trade_date").is_not_null() & ~pl.col("trade_date").is_in(list(wanted))
-        )
-        if len(outside):
+        frame = pl.concat([pl.DataFrame(schema=DAILY_PRICES), *frames], how="diagonal")
+        outside = len(frame) - len(served(frame, "us", list(wanted)))
+        if outside:
             log.warning(
-                "finnhub %s: %d bar(s) on dates that are not requested sessions dropped",
+                "finnhub %s: %d bar(s) of sessions this run does not materialize left to theirs",
                 CANDLE,
-                len(outside),
+                outside,
             )
         # A running session's candle is the day so far, not the session's bar.
         running = {d for d in wanted if epoch(d, US_CLOSE, NEW_YORK) > self._clock()}
@@ -185,9 +198,8 @@ class FinnhubSource(OneMarketDailyBars):
                 CANDLE,
                 ", ".join(map(str, sorted(running))),
             )
-        closed = list(wanted - running)
-        # Undated bars stay: validation quarantines them rather than losing them silently.
-        return frame.filter(pl.col("trade_date").is_null() | pl.col("trade_date").is_in(closed))
+        # Undated and off-session bars stay: validation quarantines them, never a silent loss.
+        return served(frame, "us", sorted(wanted - running))
 
     async def _candles(
         self, http: ProviderHttp, symbol: str, first: dt.date, last: dt.date
@@ -218,15 +230,20 @@ class FinnhubSource(OneMarketDailyBars):
         lengths = {k: len(payload[k]) for k in keys}
         if len(set(lengths.values())) != 1:
             raise http.schema_error(CANDLE, symbol, f"arrays of different lengths {lengths}")
+        dates, unread = candle_dates(payload["t"])
         frame = pl.DataFrame(
             {
                 "symbol": [symbol] * lengths["t"],
-                "trade_date": pl.Series([session_date(t) for t in payload["t"]], dtype=pl.Date),
+                "trade_date": pl.Series(dates, dtype=pl.Date),
                 **bar_columns(payload, "ohlcv"),
                 "source": [PROVIDER] * lengths["t"],
             },
             schema=DAILY_PRICES,
         )
+        # A stamp that is no epoch (text, inf, beyond any date) leaves the bar undated, its
+        # text kept in `raw`: validation quarantines it as unparseable:trade_date.
+        if any(unread):
+            frame = frame.with_columns(pl.Series(RAW, unread, dtype=pl.String))
         return frame
 
     # Quotes -------------------------------------------------------------------------------

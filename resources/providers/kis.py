@@ -37,6 +37,7 @@ from marketpipe_assets.schemas import (
     INTRADAY_BARS,
     ORDER_BOOK_SNAPSHOTS,
     PRICE_COLUMNS,
+    with_evidence,
 )
 from resources.sources.base import ConfigurationError, SourceUnavailable
 
@@ -73,7 +74,7 @@ from .kis_token import (
 from .kis_token import TOKEN_LIFETIME as TOKEN_LIFETIME
 from .kis_token import Token as Token
 from .values import SEOUL as KST
-from .values import number_text, parse_number
+from .values import number_text, parse_number, served
 
 NAME = "kis"
 MARKET = "krx"
@@ -608,8 +609,9 @@ def aggregate_minutes(raw: pl.DataFrame, *, now: dt.datetime | None = None) -> p
 
 
 def _bars(raw: pl.DataFrame, sessions: list[dt.date]) -> pl.DataFrame:
-    """Strings (maybe with thousands separators) to numbers; rows off the sessions dropped.
-    Undated rows stay: validation quarantines them as they came."""
+    """Strings (maybe with thousands separators) to numbers, the text of any that is none kept
+    in `raw`; rows of other sessions dropped (their runs get them). Undated and off-session
+    rows stay: validation quarantines them as they came."""
 
     frame = raw.select(
         "symbol",
@@ -619,7 +621,8 @@ def _bars(raw: pl.DataFrame, sessions: list[dt.date]) -> pl.DataFrame:
         volume=number_text("volume").cast(pl.Int64, strict=False),
         source=pl.lit(NAME),
     )
-    return frame.filter(pl.col("trade_date").is_null() | pl.col("trade_date").is_in(sessions))
+    frame = with_evidence(frame, raw, ["trade_date", *PRICE_COLUMNS, "volume"])
+    return served(frame, MARKET, sessions)
 
 
 def _text(value: Any) -> str | None:

@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 import polars as pl
 
 from marketpipe_assets import markets
-from marketpipe_assets.schemas import DAILY_PRICES, UNIVERSE
+from marketpipe_assets.schemas import DAILY_PRICES, PRICE_COLUMNS, RAW, UNIVERSE, with_evidence
 from resources.sources.base import SourceError
 
 from .base import OneMarketDailyBars, bars_by_date, rate_limit, required_env, run_sync
@@ -87,6 +87,8 @@ def parse_bars(
         *(parse_number(c, pl.Float64) for c in ("open", "high", "low", "close")),
         parse_number("volume", pl.Int64),
     )
+    # The text of any number that is none (`abc`, `1.5` shares) is kept for the quarantine.
+    frame = with_evidence(frame, raw.rename(FIELDS), [*PRICE_COLUMNS, "volume"])
     if symbols is not None:
         frame = frame.filter(pl.col("symbol").is_in(list(symbols)) | pl.col("symbol").is_null())
     halted = (
@@ -100,8 +102,9 @@ def parse_bars(
         pl.when(halted).then(pl.col("close")).otherwise(pl.col(c)).alias(c)
         for c in ("open", "high", "low")
     )
+    evidence = [RAW] if RAW in frame.columns else []
     return frame.with_columns(source=pl.lit(NAME)).select(
-        pl.col(c).cast(t) for c, t in DAILY_PRICES.items()
+        *(pl.col(c).cast(t) for c, t in DAILY_PRICES.items()), *evidence
     )
 
 

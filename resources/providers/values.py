@@ -9,6 +9,8 @@ from zoneinfo import ZoneInfo
 
 import polars as pl
 
+from marketpipe_assets.markets import is_session
+
 NEW_YORK = ZoneInfo("America/New_York")
 SEOUL = ZoneInfo("Asia/Seoul")
 # The latest regular close of a US session (half days close at 13:00): a bar counts as final
@@ -25,6 +27,9 @@ def parse_number(column: str, dtype: pl.DataType) -> pl.Expr:
     """'79,600' -> 79600, '439.88000' -> 439.88; empty, '-', absent or unparsable -> null,
     never 0 (validation quarantines the row instead of storing a made-up price)."""
     as_float = number_text(column).cast(pl.Float64, strict=False)
+    if dtype.is_integer():
+        # 1.5 shares is no count: null (and quarantined), never truncated to 1.
+        as_float = pl.when(as_float == as_float.round(0)).then(as_float)
     return as_float.cast(dtype, strict=False).alias(column)
 
 
@@ -48,3 +53,15 @@ def epoch(day: dt.date, at: dt.time, zone: dt.tzinfo) -> int:
 def date_of(stamp: int | float, zone: dt.tzinfo) -> dt.date:
     """The calendar date in `zone` of an epoch stamp (whole seconds)."""
     return dt.datetime.fromtimestamp(int(stamp), zone).date()
+
+
+def served(frame: pl.DataFrame, market: str, sessions: Sequence[dt.date]) -> pl.DataFrame:
+    """The bars of the requested `sessions`, plus those no session's run would ever get:
+    undated ones and ones dated on a day that is not a session (a weekend, a holiday), which
+    validation quarantines (`required_fields`, `not_a_session`) instead of losing. Bars of
+    other sessions belong to those sessions' runs."""
+    days = frame["trade_date"].drop_nulls().unique().to_list()
+    kept = [*sessions, *(d for d in days if not is_session(market, d))]
+    return frame.filter(
+        pl.col("trade_date").is_null() | pl.col("trade_date").is_in(pl.Series(kept, dtype=pl.Date))
+    )

@@ -70,7 +70,7 @@ from resources.sources.base import ConfigurationError
 from .base import OneMarketDailyBars, fetch_all, no_listing, rate_limit
 from .errors import BadRequest, NotFound, ProviderDown, ProviderError, RateLimited, Unauthorized
 from .http import ProviderHttp, RetryPolicy, retry_after_seconds
-from .values import NEW_YORK, US_CLOSE, bar_columns, date_of, epoch
+from .values import NEW_YORK, US_CLOSE, bar_columns, date_of, epoch, served
 
 PROVIDER = "yahoo"
 DEFAULT_BASE_URL = "https://query2.finance.yahoo.com"
@@ -303,10 +303,8 @@ class YahooSource(OneMarketDailyBars):
                 len(partial),
             )
         frame = pl.concat(frames) if frames else pl.DataFrame(schema=DAILY_PRICES)
-        # Undated bars stay: validation quarantines them rather than losing them silently.
-        return frame.filter(
-            pl.col("trade_date").is_null() | pl.col("trade_date").is_in(list(wanted))
-        )
+        # Undated and off-session bars stay: validation quarantines them, never a silent loss.
+        return served(frame, MARKET, sorted(wanted))
 
     def _session_close(self, day: dt.date, meta: dict) -> int:
         regular = (meta.get("currentTradingPeriod") or {}).get("regular") or {}

@@ -5,6 +5,12 @@ optional `universe.csv` / `universe.parquet` in the same folder is the market's 
 without one the universe is every symbol seen in the files, listed from its first bar. A file
 that cannot be used as a whole (landing_files.py) is left out of every read and named in
 `rejected`; the landing sensor gives it a failed run of its own.
+
+Every row of a file is served to exactly one session's run, its *filing session*, so none is
+lost: a row dated on a session goes to that session; one dated on a weekend or holiday to the
+session before it (validation quarantines it there as `not_a_session`); one whose date is empty
+or unreadable to the file's last filing session, or, when no row of the file has a date, to the
+latest session on or before the day the file was last modified.
 """
 
 from __future__ import annotations
@@ -12,11 +18,13 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from zoneinfo import ZoneInfo
 
 import fsspec
 import polars as pl
 
-from marketpipe_assets.schemas import DAILY_PRICES, UNIVERSE, conform
+from marketpipe_assets.markets import MARKETS, all_sessions, latest_on_or_before
+from marketpipe_assets.schemas import DAILY_PRICES, RAW, UNIVERSE, conform
 
 from .base import SourceError, SourceUnavailable
 from .landing_files import RejectedFile, SessionUniverse, read_landing_file, session_universe
@@ -31,13 +39,10 @@ def read_table_file(fs: fsspec.AbstractFileSystem, path: str, *, what: str) -> p
         with fs.open(path, "rb") as fh:
             if path.endswith(".parquet"):
                 return pl.read_parquet(fh)
-            # Tickers are text: inferring KRX codes such as 000010 as integers drops the zeros.
-            return pl.read_csv(
-                fh,
-                try_parse_dates=True,
-                infer_schema_length=10_000,
-                schema_overrides={"symbol": pl.String},
-            )
+            # Every column as text: conform reads each value as its type and keeps the text of
+            # any it cannot read (`1.5` as a volume), so the quarantine shows what was sent;
+            # tickers such as KRX's 000010 keep their zeros.
+            return pl.read_csv(fh, infer_schema=False)
     except Exception as exc:
         # The reader's first line says what it met; the lines after are its own API hints.
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -92,9 +97,12 @@ class FilesSource:
         return found
 
     def read_file(self, market: str, path: str) -> pl.DataFrame:
-        """The file's bars; RejectedFile (a SourceError) saying what is wrong with it."""
+        """The file's rows in the daily_prices schema plus `raw` (the text of values that did
+        not parse) and `_filed_under` (the row's filing session, see the module's doc);
+        RejectedFile (a SourceError) when the file as a whole cannot be used."""
         fs, _ = self._fs_and_dir(market)
-        return read_landing_file(fs, path, source=self.name)
+        bars = read_landing_file(fs, path, source=self.name)
+        return bars.with_columns(_filing_sessions(market, bars["trade_date"], fs, path))
 
     def _usable_files(self, market: str):
         """(entry, bars) of each landing file that can be read; the others go to `rejected`."""
@@ -106,8 +114,8 @@ class FilesSource:
                 self.rejected[entry["path"]] = str(exc)
 
     def sessions_in_file(self, market: str, path: str) -> list[dt.date]:
-        dates = self.read_file(market, path)["trade_date"].drop_nulls().unique().sort()
-        return dates.to_list()
+        """The sessions whose runs the file's rows go to (each row to one)."""
+        return self.read_file(market, path)[FILED_UNDER].unique().sort().to_list()
 
     def _universe_file(self, market: str) -> tuple[str, pl.DataFrame] | None:
         fs, folder = self._fs_and_dir(market)
@@ -141,20 +149,44 @@ class FilesSource:
 
     def _all_bars(self, market: str) -> pl.DataFrame:
         frames = [bars for _, bars in self._usable_files(market)]
-        return pl.concat(frames) if frames else pl.DataFrame(schema=DAILY_PRICES)
+        return pl.concat(frames).drop(FILED_UNDER) if frames else pl.DataFrame(schema=DAILY_PRICES)
 
     def daily_bars(
         self, market: str, sessions: Sequence[dt.date], symbols: Sequence[str]
     ) -> pl.DataFrame:
         self._require_folder(market)
-        wanted = set(sessions)
-        frames = []
-        for _, bars in self._usable_files(market):
-            last = bars["trade_date"].max()
-            # Rows without a date cannot be placed in a session. They travel with the file's
-            # last session (date left null) so validation quarantines them instead of losing them.
-            keep = pl.col("trade_date").is_in(list(wanted))
-            if last in wanted:
-                keep = keep | pl.col("trade_date").is_null()
-            frames.append(bars.filter(keep))
-        return pl.concat(frames) if frames else pl.DataFrame(schema=DAILY_PRICES)
+        wanted = pl.Series(sorted(set(sessions)), dtype=pl.Date)
+        frames = [
+            bars.filter(pl.col(FILED_UNDER).is_in(wanted)) for _, bars in self._usable_files(market)
+        ]
+        if not frames:
+            return pl.DataFrame(schema={**DAILY_PRICES, RAW: pl.String})
+        return pl.concat(frames).drop(FILED_UNDER)
+
+
+FILED_UNDER = "_filed_under"
+
+
+def _filing_sessions(
+    market: str, dates: pl.Series, fs: fsspec.AbstractFileSystem, path: str
+) -> pl.Series:
+    """Per row, the session whose run serves it (see the module's doc)."""
+    sessions = all_sessions(market)
+    filed = {d: latest_on_or_before(sessions, d) for d in dates.drop_nulls().unique()}
+    filed_dates = dates.replace_strict(filed, default=None, return_dtype=pl.Date)
+    last = filed_dates.max()
+    if last is None:
+        last = latest_on_or_before(sessions, _modified_day(market, fs, path))
+    return filed_dates.fill_null(last).alias(FILED_UNDER)
+
+
+def _modified_day(market: str, fs: fsspec.AbstractFileSystem, path: str) -> dt.date:
+    """The market-local day the file was last modified (today when the store cannot say)."""
+    zone = ZoneInfo(MARKETS[market].timezone)
+    try:
+        stamp = fs.modified(path)
+    except (NotImplementedError, OSError, ValueError):
+        return dt.datetime.now(zone).date()
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=dt.UTC)
+    return stamp.astimezone(zone).date()

@@ -22,10 +22,7 @@ from .base import SourceError
 
 REQUIRED = [c for c in DAILY_PRICES if c != "source"]
 NUMBERS = [*PRICE_COLUMNS, "volume"]
-DATE_FORMAT = "%Y-%m-%d"  # what the README asks for: YYYY-MM-DD
 # A date, optionally followed by a time (spreadsheets export dates as midnight datetimes).
-_DATE_TEXT = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?$"
-_SHOWN = 3  # problems named in one message; the rest are counted
 
 
 @dataclass(frozen=True)
@@ -48,13 +45,14 @@ def read_landing_file(fs: fsspec.AbstractFileSystem, path: str, *, source: str) 
     problems = _problems(raw)
     if problems:
         raise rejected_file(path, problems)
-    # Volume through float: "1000.0" is a whole number of shares too.
-    frame = raw.with_columns(
-        *(_numbers(raw[c]) for c in NUMBERS), _dates(raw["trade_date"])
-    ).with_columns(pl.col("volume").cast(pl.Int64, strict=False))
-    if "source" not in frame.columns:
-        frame = frame.with_columns(source=pl.lit(source))
-    return conform(frame, DAILY_PRICES, what=f"landing file {path!r}")
+    if "source" not in raw.columns:
+        raw = raw.with_columns(source=pl.lit(source))
+    # A value that does not read as its type is the row's problem, not the file's: the row is
+    # quarantined with the text as sent (`raw`) and the rest of the file is stored.
+    try:
+        return conform(raw, DAILY_PRICES, what=f"landing file {path!r}", evidence=True)
+    except ValueError as exc:
+        raise rejected_file(path, str(exc)) from exc
 
 
 def rejected_file(path: str, problem: str) -> RejectedFile:
@@ -118,46 +116,7 @@ def _problems(raw: pl.DataFrame) -> str:
     ]
     if wrong_types:
         return "; ".join(wrong_types)
-    found = [
-        *(_first_bad(raw[c], _numbers(raw[c]), "is not a number") for c in NUMBERS),
-        _first_bad(raw["trade_date"], _dates(raw["trade_date"]), "is not a date (YYYY-MM-DD)"),
-    ]
-    found = [f for f in found if f]
-    more = f" (and {len(found) - _SHOWN} more columns)" if len(found) > _SHOWN else ""
-    return "; ".join(found[:_SHOWN]) + more
-
-
-def _first_bad(given: pl.Series, parsed: pl.Series, what: str) -> str | None:
-    """'column close, row 7: 'abc' is not a number' for the first value that was given (not
-    empty) but does not parse; rows count from 1 after the header."""
-    if given.dtype != pl.String:
-        return None
-    bad = (given.str.strip_chars().str.len_chars() > 0) & parsed.is_null()
-    if not bad.any():
-        return None
-    row = int(bad.arg_true()[0])
-    count = int(bad.sum())
-    more = f" ({count - 1} more such rows)" if count > 1 else ""
-    return f"column {given.name}, row {row + 1}: {given[row]!r} {what}{more}"
-
-
-def _numbers(column: pl.Series) -> pl.Series:
-    if column.dtype == pl.String:
-        return column.str.strip_chars().cast(pl.Float64, strict=False)
-    return column.cast(pl.Float64, strict=False)
-
-
-def _dates(column: pl.Series) -> pl.Series:
-    if column.dtype == pl.String:
-        text = pl.col("text")
-        parsed = text.str.slice(0, 10).str.to_date(DATE_FORMAT, strict=False)
-        return (
-            column.str.strip_chars()
-            .to_frame("text")
-            .select(pl.when(text.str.contains(_DATE_TEXT)).then(parsed).alias(column.name))
-            .to_series()
-        )
-    return column.cast(pl.Date, strict=False)
+    return ""
 
 
 def session_universe(
