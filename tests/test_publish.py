@@ -243,12 +243,12 @@ def kill_at_every_step(url: str, env: dict) -> dict[int, str]:
         if stored.equals(old[0]):
             assert_frame_equal(quarantined, old[1])
             # Never published: the staged batch waits for the sweep.
-            assert lake.fs.glob(f"{lake.root}/{STAGING}/*/daily_prices/**")
+            assert lake.fs.glob(f"{lake.root}/{STAGING}/*/daily_prices~*")
             outcomes[n] = "old"
         else:
             assert_frame_equal(stored, new[0])
             assert_frame_equal(quarantined, new[1])  # seed 1's quarantine file is gone
-            assert not lake.fs.glob(f"{lake.root}/{STAGING}/*/daily_prices/**")
+            assert not lake.fs.glob(f"{lake.root}/{STAGING}/*/daily_prices~*")
             outcomes[n] = "new"
         assert not lake.fs.glob(f"{lake.root}/{JOURNAL}/*.json")
     else:
