@@ -283,8 +283,8 @@ class LakeResource(dg.ConfigurableResource):
         match), cast to `schema`; none -> an empty frame. With `batch`: its staged files."""
         if batch is None:
             self.recover()
-        base = self.root if batch is None else f"{self.root}/{batch.staged('')}".rstrip("/")
-        paths = sorted(p for p in self.fs.glob(f"{base}/{pattern}") if p.endswith(".parquet"))
+        where = pattern if batch is None else batch.staged(pattern)
+        paths = sorted(p for p in self.fs.glob(f"{self.root}/{where}") if p.endswith(".parquet"))
         if not paths:
             return pl.DataFrame(schema=dict(schema))
         if self.is_local:

@@ -1,7 +1,8 @@
 """Write-audit-publish on the lake's filesystem: staged batches, the publish journal, rejects.
 
-A batch's files are written under <lake>/_staging/<batch id>/ at the paths they will have (the
-underscore hides them from Hive readers, which skip `_` and `.` names). Publishing writes ONE
+A batch's files are written flat into <lake>/_staging/<batch id>/, each named by the path it will
+have (`/` written `~`; the underscore hides them from Hive readers, which skip `_` and `.`
+names). Publishing writes ONE
 journal file, <lake>/_journal/<batch id>.json (a rename locally, a single PUT on S3: it exists
 whole or not at all), listing every move and every file to delete; then applies them (os.replace
 locally; copy then delete on S3) and removes the staging folder and the journal. Every step can
@@ -43,7 +44,7 @@ _S3_THREADS = 16
 
 @dataclasses.dataclass(frozen=True)
 class Batch:
-    """Files staged under <lake>/_staging/<id>/, each at its path relative to the lake, and
+    """Files staged in <lake>/_staging/<id>/, each named by its path relative to the lake, and
     the published files the batch removes (quarantine partitions left without rows)."""
 
     id: str
@@ -53,8 +54,13 @@ class Batch:
     files: tuple[str, ...] = ()
     deletes: tuple[str, ...] = ()
 
+    @property
+    def folder(self) -> str:
+        return f"{STAGING}/{self.id}"
+
     def staged(self, relative: str) -> str:
-        return f"{STAGING}/{self.id}/{relative}"
+        # Flat: one folder per batch, so staging creates and removes no tree of folders.
+        return f"{self.folder}/{relative.replace('/', '~')}"
 
     @property
     def created(self) -> dt.datetime:
@@ -78,7 +84,7 @@ def _stamp_time(name: str) -> dt.datetime:
 def discard(fs: fsspec.AbstractFileSystem, root: str, batch: Batch) -> None:
     """Remove what a batch staged (a staging write failed: the run fails, nothing to keep)."""
     with contextlib.suppress(FileNotFoundError):
-        fs.rm(f"{root}/{batch.staged('')}".rstrip("/"), recursive=True)
+        fs.rm(f"{root}/{batch.folder}", recursive=True)
 
 
 # Publishing -----------------------------------------------------------------------------------
@@ -90,7 +96,7 @@ def publish(fs: fsspec.AbstractFileSystem, root: str, local: bool, batch: Batch)
         "market": batch.market,
         "moves": [[batch.staged(f), f] for f in batch.files],
         "deletes": list(batch.deletes),
-        "staging": batch.staged("").rstrip("/"),
+        "staging": batch.folder,
     }
     path = f"{root}/{JOURNAL}/{batch.id}.json"
     data = json.dumps(journal).encode()
@@ -186,13 +192,13 @@ def reject(fs: fsspec.AbstractFileSystem, root: str, local: bool, batch: Batch, 
     target = f"{folder}/{batch.id.split('-', 1)[0]}-{batch.run_id or 'no-run'}"
     if fs.exists(target):  # the same run rejected twice within a second
         target = f"{target}-{batch.id.rsplit('-', 1)[-1]}"
-    staging = f"{root}/{batch.staged('')}".rstrip("/")
+    # The files go to the paths they would have had in the lake, so the folder reads as a lake.
     if local:
-        os.makedirs(folder, exist_ok=True)
-        if os.path.isdir(staging):
-            os.rename(staging, target)  # one rename, whatever the batch's size
-        else:
-            os.makedirs(target)
+        os.makedirs(target)
+        for relative in batch.files:
+            os.makedirs(os.path.dirname(f"{target}/{relative}"), exist_ok=True)
+            os.replace(f"{root}/{batch.staged(relative)}", f"{target}/{relative}")
+        shutil.rmtree(f"{root}/{batch.folder}", ignore_errors=True)
     else:
 
         def move(relative: str) -> None:

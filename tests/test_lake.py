@@ -96,7 +96,7 @@ def test_crash_mid_write_leaves_the_old_partition_readable(
     day, path, before = stored_session
     old_digest = digest(path)
     # The writer stages its file under _staging/ (hidden from readers) before publishing it.
-    pattern = f"{lake.url}/_staging/*/daily_prices/market=krx/date={day}/part-0.parquet"
+    pattern = f"{lake.url}/_staging/*/daily_prices~market=krx~date={day}~part-0.parquet"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     writer = subprocess.Popen(
         [sys.executable, "-c", _WRITER, lake.url, day, "20000000"],

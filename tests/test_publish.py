@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DAGSTER = Path(sys.executable).with_name("dagster")
 DAYS = [dt.date(2026, 11, 19), dt.date(2026, 11, 20)]
 DATASETS = ("daily_prices", "quarantine/daily_prices", "indicators")
+CLI_SYMBOLS = 200
 
 
 def published(root: Path) -> dict[str, bytes]:
@@ -243,12 +244,12 @@ def kill_at_every_step(url: str, env: dict) -> dict[int, str]:
         if stored.equals(old[0]):
             assert_frame_equal(quarantined, old[1])
             # Never published: the staged batch waits for the sweep.
-            assert lake.fs.glob(f"{lake.root}/{STAGING}/*/daily_prices/**")
+            assert lake.fs.glob(f"{lake.root}/{STAGING}/*/daily_prices~*")
             outcomes[n] = "old"
         else:
             assert_frame_equal(stored, new[0])
             assert_frame_equal(quarantined, new[1])  # seed 1's quarantine file is gone
-            assert not lake.fs.glob(f"{lake.root}/{STAGING}/*/daily_prices/**")
+            assert not lake.fs.glob(f"{lake.root}/{STAGING}/*/daily_prices~*")
             outcomes[n] = "new"
         assert not lake.fs.glob(f"{lake.root}/{JOURNAL}/*.json")
     else:
@@ -309,9 +310,9 @@ def cli_env(tmp_path: Path, name: str, lake: Path, **extra: str) -> dict:
         DAGSTER_HOME=str(home),
         MARKETPIPE_LAKE_URL=str(lake),
         MARKETPIPE_LANDING_URL=str(tmp_path / "landing"),
-        MARKETPIPE_SYNTHETIC_SYMBOLS=str(SYMBOLS),
+        MARKETPIPE_SYNTHETIC_SYMBOLS=str(CLI_SYMBOLS),
         MARKETPIPE_SYNTHETIC_MISSING_RATE="0",
-        MARKETPIPE_SYNTHETIC_BAD_ROW_RATE="0.05",
+        MARKETPIPE_SYNTHETIC_BAD_ROW_RATE="0.02",
         MARKETPIPE_STEP_RETRIES="0",
         PYTHONPATH=os.pathsep.join([str(hook), str(ROOT)]),
         **extra,
@@ -334,16 +335,18 @@ def backfill(env: dict, first: str, last: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.xdist_group("cli")
 def test_cli_backfill_killed_mid_publish_then_rerun_equals_a_clean_run(tmp_path, instance):
-    keys = recent_sessions("krx", 30)
+    keys = recent_sessions("krx", 20)
     lake, clean = tmp_path / "lake", tmp_path / "clean"
-    market_data = noisy_source()
+    # 200 symbols at 2% bad rows: a quarantine file most days, completeness always >= 95%.
+    market_data = noisy_source(synthetic_symbols=CLI_SYMBOLS, synthetic_bad_row_rate=0.02)
     resource = LakeResource(url=str(lake))
     assert materialize(
         "krx", ("universe",), lake=resource, market_data=market_data, instance=instance
     ).success
     shutil.copytree(lake, clean)
-    # Earlier data in the lake (another seed): the backfill replaces every partition of it.
-    earlier = noisy_source(synthetic_seed=1)
+    # Earlier data in the lake, without bad rows: the backfill moves rows of most sessions to
+    # quarantine. (Another seed would list other symbols than the stored universe.)
+    earlier = noisy_source(synthetic_symbols=CLI_SYMBOLS, synthetic_bad_row_rate=0.0)
     assert materialize(
         "krx",
         ("daily_prices",),
@@ -355,7 +358,7 @@ def test_cli_backfill_killed_mid_publish_then_rerun_equals_a_clean_run(tmp_path,
     old = published(lake)
 
     killed = backfill(
-        cli_env(tmp_path, "home-killed", lake, MARKETPIPE_TEST_KILL_AFTER_MOVES="20"),
+        cli_env(tmp_path, "home-killed", lake, MARKETPIPE_TEST_KILL_AFTER_MOVES="15"),
         keys[0],
         keys[-1],
     )
