@@ -28,6 +28,9 @@ from tests.conftest import recent_sessions
 from tests.deployment import Deployment, child_pids, running_deployment
 from tests.fakes.twelvedata import API_KEY, FakeTwelveData
 
+# One worker, one deployment. With pytest 9.2 xdist 3.8 ignores the group
+# (https://github.com/pytest-dev/pytest-xdist/issues/1386) and each worker that gets one of these
+# tests starts its own deployment; every test holds either way (file order is kept per worker).
 pytestmark = pytest.mark.xdist_group("deployment")
 
 SYMBOLS = 60
