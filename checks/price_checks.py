@@ -120,9 +120,10 @@ def completeness_by_session(
 
 
 def completeness_result(
-    by_session: pl.DataFrame, *, remedy: str | None = None
+    by_session: pl.DataFrame, *, remedy: str | None = None, universe_rule: str | None = None
 ) -> dg.AssetCheckResult:
-    """`remedy`, when given, ends a failing description: what to provide to complete it."""
+    """`remedy`, when given, ends a failing description: what to provide to complete it;
+    `universe_rule` says which universe the sessions were measured against."""
     pct = pl.col("completeness_pct")
     below = by_session.filter(pct < THRESHOLD_PCT)
     partial = by_session.filter((pct >= THRESHOLD_PCT) & (pct < 100))
@@ -150,6 +151,7 @@ def completeness_result(
             "sessions_accepted_with_missing_rows": len(partial),
             "missing_symbol_days": int((by_session["active"] - by_session["stored"]).sum()),
             "by_session": dg.MetadataValue.md(markdown_table(by_session, limit=40)),
+            **({"universe_rule": universe_rule} if universe_rule else {}),
         },
     )
 

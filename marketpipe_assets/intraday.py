@@ -59,7 +59,7 @@ def intraday_bars_asset(market: str) -> dg.AssetsDefinition:
         stored = validated.clean
         # Rows of other sessions or none are filed under one of the run's (nothing dropped).
         quarantined = with_filing(validated.quarantined, sessions)
-        counts = accounted(f"{market}/intraday_bars", len(raw), stored, quarantined)
+        accounting = accounted(f"{market}/intraday_bars", len(raw), stored, quarantined)
         # Replaces exactly this run's partitions, stored and quarantine together, once the
         # blocking checks pass.
         batch = lake.stage(
@@ -85,7 +85,7 @@ def intraday_bars_asset(market: str) -> dg.AssetsDefinition:
             metadata=session_metadata(
                 context,
                 sessions,
-                counts=counts,
+                counts=accounting,
                 percents=by_session.select("trade_date", "completeness_pct"),
                 failures=failures,
                 uri=lake.uri(lake.market_dir("intraday_bars", market)),

@@ -142,7 +142,9 @@ def daily_prices_asset(market: str) -> dg.AssetsDefinition:
         check_results = [
             price_relationships_result(stored, validated),
             completeness_result(
-                by_session, remedy=checked_against.remedy if checked_against else None
+                by_session,
+                remedy=checked_against.remedy if checked_against else None,
+                universe_rule=checked_against.rule if checked_against else None,
             ),
             suspicious_jumps_result(stored, previous, sessions),
         ]

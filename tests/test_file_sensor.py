@@ -21,7 +21,7 @@ from marketpipe_assets.automation import (
 )
 from marketpipe_assets.definitions import defs
 from marketpipe_assets.markets import sessions_between
-from marketpipe_assets.schemas import DAILY_PRICES
+from marketpipe_assets.schemas import DAILY_PRICES, RAW
 from resources.market_data import MarketDataResource
 from resources.sources.base import SourceError
 from resources.sources.files import FilesSource
@@ -197,12 +197,11 @@ BAD_FILES = {
         lambda path: (
             bars(S[3:4])
             .with_columns(close=pl.col("close").cast(pl.String))
-            .with_columns(
-                close=pl.when(pl.int_range(pl.len()) == 6).then(pl.lit("abc")).otherwise("close")
-            )
+            # Not one close reads as a number: the file's format (one bad row is quarantined).
+            .with_columns(close=pl.lit("abc"))
             .write_csv(path)
         ),
-        "column close, row 7: 'abc' is not a number",
+        "column close, row 1: 'abc' is not a number",
     ),
     "slashed.csv": (
         lambda path: (
@@ -294,14 +293,16 @@ def test_unreadable_parquet_is_left_out_of_reads_and_named(landing):
         source.read_file("krx", path)
 
 
-def test_a_bad_value_past_any_inference_window_names_its_row(landing):
+def test_a_bad_value_past_any_inference_window_is_kept_as_sent(landing):
     many = bars(S[0:1]).sample(n=12_000, with_replacement=True, seed=1)
     many = many.with_columns(pl.col("volume").cast(pl.String))
     many[11_500, "volume"] = "12,5"
     many.write_csv(landing / "krx" / "big.csv")
     source = FilesSource(landing_url=str(landing))
-    with pytest.raises(SourceError, match=r"big\.csv': column volume, row 11501: '12,5' is not"):
-        source.read_file("krx", str(landing / "krx" / "big.csv"))
+    frame = source.read_file("krx", str(landing / "krx" / "big.csv"))
+    assert len(frame) == 12_000 and frame[11_500, "volume"] is None
+    assert frame[11_500, RAW] == '{"volume": "12,5"}'
+    assert frame[RAW].null_count() == 12_000 - 1
 
 
 # The universe landing sessions are checked against ---------------------------------------------
@@ -329,8 +330,11 @@ def ingest(landing, lake, instance) -> tuple[dg.ExecuteInProcessResult, dg.Asset
 
 
 def universe_rule(result) -> str:
-    [event] = result.get_asset_materialization_events()
-    return event.materialization.metadata["universe_rule"].value
+    """Said by the completeness check, whether or not the batch was published."""
+    [completeness] = [
+        e for e in result.get_asset_check_evaluations() if e.check_name == COMPLETENESS
+    ]
+    return completeness.metadata["universe_rule"].value
 
 
 @pytest.fixture
@@ -395,7 +399,7 @@ def test_a_universe_file_in_the_landing_folder_is_the_universe(
     result, completeness = ingest(landing, lake, instance)
     assert universe_rule(result) == f"the landing folder's universe file {listing}"
     assert not completeness.passed  # 3 of its 4 symbols delivered: 75%
-    assert "75.0%" in completeness.description
+    assert "75.00%" in completeness.description
     assert f"or correct {listing}" in completeness.description
 
 
@@ -412,7 +416,7 @@ def test_sessions_no_usable_file_holds_fail_completeness(landing, lake, instance
     [completeness] = [
         e for e in result.get_asset_check_evaluations() if e.check_name == COMPLETENESS
     ]
-    assert not completeness.passed and "0.0%" in completeness.description
+    assert not completeness.passed and "0.00%" in completeness.description
     assert f"drop files with these sessions' bars into {landing / 'krx'}/" in (
         completeness.description
     )
