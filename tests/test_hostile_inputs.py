@@ -260,10 +260,13 @@ def test_daily_prices_metadata_accounts_for_every_row(landing, lake, instance):
     from tests.conftest import materialize
 
     day = "2025-10-02"
+    # 40 good bars beside the two bad rows, so the session is complete enough to publish.
+    good = "".join(f"{900000 + i},2025-10-02,100,110,90,100,10\n" for i in range(38))
     text = (
         "symbol,trade_date,open,high,low,close,volume\n"
         "005930,2025-10-02,100,110,90,100,10\n"
         "000660,2025-10-02,100,110,90,100,10\n"
+        f"{good}"
         "000660,2025-10-04,100,110,90,100,10\n"
         "035420,2025-10-02,100,inf,90,100,abc\n"
     )
@@ -280,7 +283,7 @@ def test_daily_prices_metadata_accounts_for_every_row(landing, lake, instance):
         )
     materialization = result.asset_materializations_for_node("krx__daily_prices")[0]
     meta = {k: v.value for k, v in materialization.metadata.items()}
-    assert (meta["sent"], meta["stored"], meta["quarantined"]) == (4, 2, 2)
+    assert (meta["sent"], meta["stored"], meta["quarantined"]) == (42, 40, 2)
     # Both rejected rows, the Saturday's included, are in the session's quarantine file, with
     # the text that did not parse.
     (path,) = (landing / "lake" / "quarantine" / "daily_prices").rglob("*.parquet")
@@ -311,8 +314,9 @@ def test_every_dataset_reports_sent_equal_stored_plus_quarantined(
 
     monkeypatch.setenv("MARKETPIPE_SPOOL_DIR", str(tmp_path / "spool"))
     # A high bad-row rate: every dataset's synthetic source then sends rows that break rules.
+    # Enough bad rows to quarantine some, few enough for completeness to let the batch publish.
     market_data = MarketDataResource(
-        synthetic_symbols=30, synthetic_missing_rate=0.0, synthetic_bad_row_rate=0.2
+        synthetic_symbols=100, synthetic_missing_rate=0.0, synthetic_bad_row_rate=0.02
     )
     key = recent_sessions(market, 2)[0]
     for datasets, partition in ((("universe",), None), ((dataset,), key)):

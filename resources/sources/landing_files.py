@@ -22,10 +22,7 @@ from .base import SourceError
 
 REQUIRED = [c for c in DAILY_PRICES if c != "source"]
 NUMBERS = [*PRICE_COLUMNS, "volume"]
-DATE_FORMAT = "%Y-%m-%d"  # what the README asks for: YYYY-MM-DD
 # A date, optionally followed by a time (spreadsheets export dates as midnight datetimes).
-_DATE_TEXT = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?$"
-_SHOWN = 3  # problems named in one message; the rest are counted
 
 
 @dataclass(frozen=True)
@@ -119,50 +116,7 @@ def _problems(raw: pl.DataFrame) -> str:
     ]
     if wrong_types:
         return "; ".join(wrong_types)
-    # A column none of whose values reads as its type is the file's format, not a row's slip
-    # (dates as 05/09/2025, decimal commas throughout): the file is rejected, naming the first.
-    # Where some values read, the others are the rows' problems: quarantined with their text.
-    found = [
-        *(_first_bad(raw[c], _numbers(raw[c]), "is not a number") for c in NUMBERS),
-        _first_bad(raw["trade_date"], _dates(raw["trade_date"]), "is not a date (YYYY-MM-DD)"),
-    ]
-    found = [f for f in found if f]
-    more = f" (and {len(found) - _SHOWN} more columns)" if len(found) > _SHOWN else ""
-    return "; ".join(found[:_SHOWN]) + more
-
-
-def _first_bad(given: pl.Series, parsed: pl.Series, what: str) -> str | None:
-    """'column close, row 1: 'abc' is not a number' when no value given (not empty) in the
-    column parses, naming the first; rows count from 1 after the header."""
-    if given.dtype != pl.String:
-        return None
-    present = given.str.strip_chars().str.len_chars() > 0
-    bad = present & parsed.is_null()
-    if not bad.any() or bad.sum() < present.sum():
-        return None
-    row = int(bad.arg_true()[0])
-    count = int(bad.sum())
-    more = f" ({count - 1} more such rows)" if count > 1 else ""
-    return f"column {given.name}, row {row + 1}: {given[row]!r} {what}{more}"
-
-
-def _numbers(column: pl.Series) -> pl.Series:
-    if column.dtype == pl.String:
-        return column.str.strip_chars().cast(pl.Float64, strict=False)
-    return column.cast(pl.Float64, strict=False)
-
-
-def _dates(column: pl.Series) -> pl.Series:
-    if column.dtype == pl.String:
-        text = pl.col("text")
-        parsed = text.str.slice(0, 10).str.to_date(DATE_FORMAT, strict=False)
-        return (
-            column.str.strip_chars()
-            .to_frame("text")
-            .select(pl.when(text.str.contains(_DATE_TEXT)).then(parsed).alias(column.name))
-            .to_series()
-        )
-    return column.cast(pl.Date, strict=False)
+    return ""
 
 
 def session_universe(
