@@ -102,3 +102,12 @@ def cli_environment() -> dict[str, str]:
     if "MARKETPIPE_CACHE_DIR" in os.environ:  # the session cache, not a setting
         env["MARKETPIPE_CACHE_DIR"] = os.environ["MARKETPIPE_CACHE_DIR"]
     return env
+
+
+# Tests written before write-audit-publish that expect a batch failing its blocking completeness
+# check (a deliberately small universe) to be published anyway. They fail as they stand, and must
+# be rewritten to read the rejected batch instead; strict, so a change that makes one pass shows.
+WRITTEN_BEFORE_PUBLISH = pytest.mark.xfail(
+    strict=True,
+    reason="expects a batch that fails completeness to be published (see tests/conftest.py)",
+)

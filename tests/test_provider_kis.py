@@ -184,7 +184,7 @@ def test_daily_prices_through_dagster_equal_the_fakes_rows(fake, lake, instance,
     assert quarantined.select(KEY).rows() == [(SYMBOLS[5], dt.date.fromisoformat(days[2]))]
     assert stored.height == 20 * 5 - 2
     assert metadata(result, "rows_by_source") == {"kis": stored.height}
-    assert metadata(result, "completeness_pct") == pytest.approx(95.0)
+    assert metadata(result, "range_min_completeness_pct") == pytest.approx(95.0)
     # One token for the whole run; three pages per symbol, each window ending before the last.
     assert fake.count(TOKEN) == 1
     calls = fake.calls(DAILY)
@@ -211,7 +211,7 @@ def test_unknown_symbol_is_counted_missing_not_fatal(fake, lake, instance, tmp_p
 
     assert result.success, errors(result)
     assert_no_row_lost_or_duplicated(lake, fake, symbols, days)
-    assert metadata(result, "completeness_pct") == pytest.approx(95.0)
+    assert metadata(result, "range_min_completeness_pct") == pytest.approx(95.0)
     (check,) = [c for c in result.get_asset_check_evaluations() if c.check_name == "completeness"]
     assert check.passed and check.metadata["missing_symbol_days"].value == 1
 

@@ -16,7 +16,7 @@ from resources.providers import breaker, krx, limiter
 from resources.providers.errors import SchemaDrift
 from resources.sources.base import ConfigurationError, SourceError
 from resources.sources.synthetic import SyntheticSource
-from tests.conftest import materialize, recent_sessions
+from tests.conftest import WRITTEN_BEFORE_PUBLISH, materialize, recent_sessions
 from tests.fakes.krx import API_KEY, LISTING, FakeKrx
 from tests.metadata_values import run_metadata
 
@@ -251,6 +251,7 @@ def test_invalid_key_fails_naming_provider_and_endpoint_without_retrying(
     assert "Unauthorized" in searched  # the search did cover the error
 
 
+@WRITTEN_BEFORE_PUBLISH
 def test_persistent_outage_falls_back_to_the_next_source(fake, lake, instance):
     market_data = resource("krx,synthetic")
     assert run(lake, instance, market_data, ("universe",)).success

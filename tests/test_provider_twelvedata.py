@@ -19,7 +19,7 @@ from resources.providers import breaker, limiter, twelvedata
 from resources.providers.errors import Unauthorized
 from resources.sources.base import ConfigurationError, SourceError
 from resources.sources.synthetic import SyntheticSource
-from tests.conftest import materialize, recent_sessions
+from tests.conftest import WRITTEN_BEFORE_PUBLISH, materialize, recent_sessions
 from tests.fakes.twelvedata import API_KEY, RATE_LIMIT_BODY, FakeTwelveData
 from tests.metadata_values import run_metadata
 
@@ -223,6 +223,7 @@ def test_a_partial_bar_of_an_unclosed_session_is_not_stored(fake):
 
 
 # 2. Errors inside 200 bodies, gaps and bad rows -----------------------------------------------
+@WRITTEN_BEFORE_PUBLISH
 def test_unknown_symbols_gaps_and_missing_keys(fake, lake, instance, tmp_path):
     keys = recent_sessions("us", 2)
     d1, d2 = dates(keys)

@@ -28,7 +28,7 @@ from resources.providers.http import RetryPolicy
 from resources.sources.base import SourceError
 from resources.sources.synthetic import SyntheticSource
 from resources.sources.synthetic_options import option_chains
-from tests.conftest import materialize, recent_sessions
+from tests.conftest import WRITTEN_BEFORE_PUBLISH, materialize, recent_sessions
 from tests.fakes.yahoo import FakeYahoo, close_epoch, expirations, open_epoch, utc_epoch
 from tests.metadata_values import run_metadata
 
@@ -161,6 +161,7 @@ def test_daily_prices_match_the_vendor(tmp_path, lake, instance, fake):
         assert request.headers["user-agent"].startswith("Mozilla/5.0")
 
 
+@WRITTEN_BEFORE_PUBLISH
 def test_nulls_in_the_arrays_end_in_quarantine(tmp_path, lake, instance, fake):
     sessions = recent_sessions("us", 2)
     day = days(sessions)[-1]
@@ -188,6 +189,7 @@ def test_nulls_in_the_arrays_end_in_quarantine(tmp_path, lake, instance, fake):
     assert metadata(result)["quarantined"] == 2
 
 
+@WRITTEN_BEFORE_PUBLISH
 def test_unknown_symbol_counts_as_missing_not_fatal(tmp_path, lake, instance, fake, caplog):
     fake.unknown = {"NVDA"}
     sessions = recent_sessions("us", 2)
@@ -201,6 +203,7 @@ def test_unknown_symbol_counts_as_missing_not_fatal(tmp_path, lake, instance, fa
 
 
 # The partial bar of a running session -------------------------------------------------------
+@WRITTEN_BEFORE_PUBLISH
 def test_partial_bar_of_a_running_session_is_not_stored(
     tmp_path, lake, instance, fake, monkeypatch
 ):
@@ -576,6 +579,7 @@ def test_option_chains_materialize_from_yahoo(lake, instance, fake, live):
         assert asked[0] is None and sorted(asked[1:]) == sorted(map(str, within))
 
 
+@WRITTEN_BEFORE_PUBLISH
 def test_option_chain_of_an_unknown_underlying_counts_as_missing(
     lake, instance, fake, live, caplog
 ):
