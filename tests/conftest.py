@@ -3,8 +3,10 @@
 import datetime as dt
 import os
 import warnings
+from pathlib import Path
 
 import dagster as dg
+import polars as pl
 import pytest
 
 from marketpipe_assets.automation import RANGE_END_TAG, RANGE_START_TAG
@@ -111,3 +113,14 @@ WRITTEN_BEFORE_PUBLISH = pytest.mark.xfail(
     strict=True,
     reason="expects a batch that fails completeness to be published (see tests/conftest.py)",
 )
+
+
+def rejected_rows(
+    lake: LakeResource, dataset: str, market: str, schema, *, quarantine: bool = False
+) -> pl.DataFrame:
+    """The rows (stored, or with `quarantine` quarantined) of the one batch of `dataset` that
+    write-audit-publish rejected, as kept in `<lake>/_rejected/`, in `schema`'s columns."""
+    [batch] = (Path(lake.url) / "_rejected" / dataset / f"market={market}").iterdir()
+    part = f"quarantine/{dataset}" if quarantine else dataset
+    frame = pl.read_parquet(batch / part / f"market={market}" / "*" / "*.parquet")
+    return frame.select(list(schema)).sort("symbol", "trade_date")

@@ -16,7 +16,7 @@ from resources.providers import breaker, krx, limiter
 from resources.providers.errors import SchemaDrift
 from resources.sources.base import ConfigurationError, SourceError
 from resources.sources.synthetic import SyntheticSource
-from tests.conftest import WRITTEN_BEFORE_PUBLISH, materialize, recent_sessions
+from tests.conftest import materialize, recent_sessions, rejected_rows
 from tests.fakes.krx import API_KEY, LISTING, FakeKrx
 from tests.metadata_values import run_metadata
 
@@ -251,17 +251,20 @@ def test_invalid_key_fails_naming_provider_and_endpoint_without_retrying(
     assert "Unauthorized" in searched  # the search did cover the error
 
 
-@WRITTEN_BEFORE_PUBLISH
 def test_persistent_outage_falls_back_to_the_next_source(fake, lake, instance):
     market_data = resource("krx,synthetic")
     assert run(lake, instance, market_data, ("universe",)).success
     key = recent_sessions("krx", 1)[0]
     fake.faults.add(503, {"respMsg": "down"}, path="/svc/apis/sto/", times=10**6)
-    result = run(lake, instance, market_data, partition_key=key)
-    assert metadata(result)["rows_by_source"].keys() == {"synthetic"}
+    run(lake, instance, market_data, partition_key=key)
     synthetic = SyntheticSource(symbols=500, missing_rate=0.0, bad_row_rate=0.0)
     expected = synthetic.daily_bars("krx", dates([key]), [s for s, _, _ in LISTING])
-    assert_frame_equal(stored(lake, dates([key])), expected.sort(KEY))
+    # The synthetic fallback serves 11 of the 12 listed symbols: short of 95%, the batch is kept
+    # in _rejected/ rather than published, every row of it from the fallback.
+    assert stored(lake, dates([key])).is_empty()
+    served = rejected_rows(lake, "daily_prices", "krx", DAILY_PRICES)
+    assert set(served["source"]) == {"synthetic"}
+    assert_frame_equal(served.sort(KEY), expected.sort(KEY))
 
 
 def test_partial_day_and_unknown_symbols_count_as_missing(fake, lake, instance, tmp_path):

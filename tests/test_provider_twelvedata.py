@@ -13,13 +13,13 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from marketpipe_assets.schemas import DAILY_PRICES, INTRADAY_BARS
+from marketpipe_assets.schemas import DAILY_PRICES, INTRADAY_BARS, quarantine_schema
 from resources.market_data import MarketDataResource
 from resources.providers import breaker, limiter, twelvedata
 from resources.providers.errors import Unauthorized
 from resources.sources.base import ConfigurationError, SourceError
 from resources.sources.synthetic import SyntheticSource
-from tests.conftest import WRITTEN_BEFORE_PUBLISH, materialize, recent_sessions
+from tests.conftest import materialize, recent_sessions, rejected_rows
 from tests.fakes.twelvedata import API_KEY, RATE_LIMIT_BODY, FakeTwelveData
 from tests.metadata_values import run_metadata
 
@@ -223,7 +223,6 @@ def test_a_partial_bar_of_an_unclosed_session_is_not_stored(fake):
 
 
 # 2. Errors inside 200 bodies, gaps and bad rows -----------------------------------------------
-@WRITTEN_BEFORE_PUBLISH
 def test_unknown_symbols_gaps_and_missing_keys(fake, lake, instance, tmp_path):
     keys = recent_sessions("us", 2)
     d1, d2 = dates(keys)
@@ -234,10 +233,13 @@ def test_unknown_symbols_gaps_and_missing_keys(fake, lake, instance, tmp_path):
     with_universe(lake, instance, market_data)
     result = run(lake, instance, market_data, partition_range=(keys[0], keys[-1]))
 
+    # Completeness fails (below), so the batch is kept in _rejected/, not published.
+    assert stored(lake, [d1, d2]).is_empty() and quarantined(lake, [d1, d2]).is_empty()
     truth = fake.truth(SYMBOLS, [d1, d2])
     bad = (pl.col("symbol") == "BBB") & (pl.col("trade_date") == d2)
-    assert_frame_equal(stored(lake, [d1, d2]), truth.filter(~bad).sort(KEY))
-    q = quarantined(lake, [d1, d2])
+    kept = rejected_rows(lake, "daily_prices", "us", DAILY_PRICES)
+    assert_frame_equal(kept, truth.filter(~bad).sort(KEY))
+    q = rejected_rows(lake, "daily_prices", "us", quarantine_schema(DAILY_PRICES), quarantine=True)
     assert q.select("symbol", "trade_date", "violations").rows() == [
         ("BBB", d2, ["required_fields"])
     ]

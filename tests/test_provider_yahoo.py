@@ -28,7 +28,7 @@ from resources.providers.http import RetryPolicy
 from resources.sources.base import SourceError
 from resources.sources.synthetic import SyntheticSource
 from resources.sources.synthetic_options import option_chains
-from tests.conftest import WRITTEN_BEFORE_PUBLISH, materialize, recent_sessions
+from tests.conftest import WRITTEN_BEFORE_PUBLISH, materialize, recent_sessions, rejected_rows
 from tests.fakes.yahoo import FakeYahoo, close_epoch, expirations, open_epoch, utc_epoch
 from tests.metadata_values import run_metadata
 
@@ -161,15 +161,17 @@ def test_daily_prices_match_the_vendor(tmp_path, lake, instance, fake):
         assert request.headers["user-agent"].startswith("Mozilla/5.0")
 
 
-@WRITTEN_BEFORE_PUBLISH
 def test_nulls_in_the_arrays_end_in_quarantine(tmp_path, lake, instance, fake):
     sessions = recent_sessions("us", 2)
     day = days(sessions)[-1]
     fake.nulls[("AAPL", day)] = {"open", "high", "low", "close"}  # Yahoo's null OHLC rows
     fake.nulls[("NVDA", day)] = {"volume"}
-    result = run_daily(tmp_path, lake, instance, sessions)
+    # Enough symbols that two rejected bars keep completeness above its 95% threshold (below
+    # it, nothing would be published).
+    symbols = [*SYMBOLS, *(f"S{i:02d}" for i in range(40))]
+    result = run_daily(tmp_path, lake, instance, sessions, symbols=symbols)
 
-    truth = fake.truth(SYMBOLS, days(sessions))
+    truth = fake.truth(symbols, days(sessions))
     clean = stored(lake, sessions)
     quarantined = lake.read_quarantine("daily_prices", "us", DAILY_PRICES).sort("symbol")
     assert quarantined["symbol"].to_list() == ["AAPL", "NVDA"]
@@ -189,21 +191,22 @@ def test_nulls_in_the_arrays_end_in_quarantine(tmp_path, lake, instance, fake):
     assert metadata(result)["quarantined"] == 2
 
 
-@WRITTEN_BEFORE_PUBLISH
 def test_unknown_symbol_counts_as_missing_not_fatal(tmp_path, lake, instance, fake, caplog):
     fake.unknown = {"NVDA"}
     sessions = recent_sessions("us", 2)
     result = run_daily(tmp_path, lake, instance, sessions)
 
-    assert materialized_prices(result)  # stored; completeness reports the gap
-    assert_frame_equal(stored(lake, sessions), fake.truth(["AAPL", "MSFT"], days(sessions)))
+    # The others are fetched; the blocking completeness check reports the gap, so the batch is
+    # kept in _rejected/ instead of being published.
     assert not checks(result)["completeness"]
+    assert not materialized_prices(result) and stored(lake, sessions).is_empty()
+    rejected = rejected_rows(lake, "daily_prices", "us", DAILY_PRICES)
+    assert_frame_equal(rejected, fake.truth(["AAPL", "MSFT"], days(sessions)))
     assert len(chart_requests(fake)) == len(SYMBOLS)  # a 404 is not retried
     assert "NVDA" in caplog.text and "no data" in caplog.text
 
 
 # The partial bar of a running session -------------------------------------------------------
-@WRITTEN_BEFORE_PUBLISH
 def test_partial_bar_of_a_running_session_is_not_stored(
     tmp_path, lake, instance, fake, monkeypatch
 ):
@@ -214,10 +217,15 @@ def test_partial_bar_of_a_running_session_is_not_stored(
     monkeypatch.setattr(yahoo, "now", lambda: float(fake.market_time + 2))
     result = run_daily(tmp_path, lake, instance, sessions)
 
-    # The finished session is stored; the running one is not, and completeness says so.
+    # The running session's live bar is not taken, so that session has no bars: completeness
+    # fails and the batch, the finished session's bars only, is kept in _rejected/ unpublished.
     truth = fake.truth(SYMBOLS, days(sessions))
-    assert_frame_equal(stored(lake, sessions), truth.filter(pl.col("trade_date") == before))
     assert not checks(result)["completeness"]
+    assert stored(lake, sessions).is_empty()
+    kept = rejected_rows(lake, "daily_prices", "us", DAILY_PRICES)
+    assert_frame_equal(
+        kept, truth.filter(pl.col("trade_date") == before).sort("symbol", "trade_date")
+    )
     assert lake.read_quarantine("daily_prices", "us", DAILY_PRICES).is_empty()
     payload_stamps = {r.path: r for r in chart_requests(fake)}
     assert payload_stamps  # the live bar was served (stamped 11:00) and dropped
