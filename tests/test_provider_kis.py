@@ -211,7 +211,7 @@ def test_unknown_symbol_is_counted_missing_not_fatal(fake, lake, instance, tmp_p
 
     assert result.success, errors(result)
     assert_no_row_lost_or_duplicated(lake, fake, symbols, days)
-    assert metadata(result, "range_min_completeness_pct") == pytest.approx(95.0)
+    assert metadata(result, "completeness_pct") == pytest.approx(95.0)
     (check,) = [c for c in result.get_asset_check_evaluations() if c.check_name == "completeness"]
     assert check.passed and check.metadata["missing_symbol_days"].value == 1
 
