@@ -24,7 +24,7 @@ from resources.providers import limiter as limiter_module
 from resources.providers.errors import NotFound
 from resources.providers.http import RetryPolicy
 from resources.sources.base import ConfigurationError, SourceError
-from tests.conftest import materialize, recent_sessions
+from tests.conftest import materialize, recent_sessions, rejected_rows
 from tests.fakes.finnhub import FakeFinnhub
 from tests.metadata_values import run_metadata
 
@@ -291,13 +291,8 @@ def test_unknown_symbol_counts_as_missing_not_fatal(tmp_path, lake, instance, fa
     assert not evaluations["completeness"].passed
     assert not materialized_prices(result)
     assert stored(lake, sessions).is_empty()
-    [batch] = Path(lake.url, "_rejected", "daily_prices", "market=us").iterdir()
-    rejected = pl.read_parquet(batch / "daily_prices/market=us/*/*.parquet").select(
-        list(DAILY_PRICES)
-    )
-    assert_frame_equal(
-        rejected.sort("symbol", "trade_date"), fake.truth(["AAPL", "MSFT"], days(sessions))
-    )
+    rejected = rejected_rows(lake, "daily_prices", "us", DAILY_PRICES)
+    assert_frame_equal(rejected, fake.truth(["AAPL", "MSFT"], days(sessions)))
     assert fake.count(CANDLE) == len(SYMBOLS)  # no_data is not retried
     assert "NVDA" in caplog.text and "no data" in caplog.text
 
