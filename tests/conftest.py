@@ -106,21 +106,19 @@ def cli_environment() -> dict[str, str]:
     return env
 
 
-# Tests written before write-audit-publish that expect a batch failing its blocking completeness
-# check (a deliberately small universe) to be published anyway. They fail as they stand, and must
-# be rewritten to read the rejected batch instead; strict, so a change that makes one pass shows.
-WRITTEN_BEFORE_PUBLISH = pytest.mark.xfail(
-    strict=True,
-    reason="expects a batch that fails completeness to be published (see tests/conftest.py)",
-)
-
-
 def rejected_rows(
-    lake: LakeResource, dataset: str, market: str, schema, *, quarantine: bool = False
+    lake: LakeResource,
+    dataset: str,
+    market: str,
+    schema,
+    *,
+    quarantine: bool = False,
+    by: tuple[str, ...] = ("symbol", "trade_date"),
 ) -> pl.DataFrame:
     """The rows (stored, or with `quarantine` quarantined) of the one batch of `dataset` that
-    write-audit-publish rejected, as kept in `<lake>/_rejected/`, in `schema`'s columns."""
+    write-audit-publish rejected, as kept in `<lake>/_rejected/`, in `schema`'s columns, sorted
+    `by`."""
     [batch] = (Path(lake.url) / "_rejected" / dataset / f"market={market}").iterdir()
     part = f"quarantine/{dataset}" if quarantine else dataset
     frame = pl.read_parquet(batch / part / f"market={market}" / "*" / "*.parquet")
-    return frame.select(list(schema)).sort("symbol", "trade_date")
+    return frame.select(list(schema)).sort(*by)

@@ -11,16 +11,12 @@ import contextlib
 import datetime as dt
 import os
 import signal
-import tempfile
 import time
-from unittest import mock
 
-import dagster as dg
 import polars as pl
 import pytest
 import yaml
 
-from marketpipe_assets.definitions import defs
 from marketpipe_assets.instance_config import instance_yaml
 from marketpipe_assets.prices import active_symbols
 from resources.lake import LakeResource
@@ -41,24 +37,6 @@ REJECTED_JOB = "krx_landing_file_rejected"
 # Generous bounds for a loaded 2-core machine; each wait ends as soon as its condition holds.
 RUN_TIMEOUT = 300
 AUTOMATION_TIMEOUT = 420
-
-
-def _trade_hours_requested_on_an_empty_lake() -> bool:
-    """Whether the trade-hours sensor asks for hours in which no trade was collected (a first
-    `make ui` would then start dozens of runs); branch `sensors` fixes it."""
-    sensor = defs.get_repository_def().get_sensor_def("krx_trade_hours")
-    with (
-        tempfile.TemporaryDirectory() as empty,
-        mock.patch.dict(os.environ, {"MARKETPIPE_SPOOL_DIR": empty}),
-    ):
-        context = dg.build_sensor_context(
-            resources={"lake": LakeResource(url=empty)}, repository_def=defs.get_repository_def()
-        )
-        return bool(sensor.evaluate_tick(context).run_requests)
-
-
-def _has_rejected_file_job() -> bool:
-    return defs.get_repository_def().has_job(REJECTED_JOB)
 
 
 @pytest.fixture(scope="module")
@@ -140,12 +118,6 @@ def test_the_shipped_instance_files_turn_run_monitoring_on(deployment):
     assert tested == sqlite
 
 
-@pytest.mark.xfail(
-    condition="_trade_hours_requested_on_an_empty_lake()",
-    reason="the trade-hours sensors request every recent session hour, with or without trades "
-    "(fixed on branch `sensors`)",
-    strict=False,
-)
 def test_nothing_runs_at_start(deployment):
     graphql = deployment.graphql
 
@@ -205,12 +177,6 @@ def test_a_ten_session_backfill_gets_indicators_with_no_further_action(deploymen
     assert all(r["tags"].get("dagster/from_automation_condition") for r in indicator_runs)
 
 
-@pytest.mark.xfail(
-    condition="not _has_rejected_file_job()",
-    reason=f"job {REJECTED_JOB} (a malformed landing file reported by one failed run, the other "
-    "files still ingested) is built on branch `sensors`",
-    strict=False,
-)
 def test_a_landing_file_is_stored_and_followed_while_a_malformed_one_is_reported(
     deployment, krx_universe
 ):

@@ -29,9 +29,14 @@ from resources.providers import limiter as limiter_module
 from resources.providers.finnhub import FinnhubSource
 from resources.providers.http import RetryPolicy
 from resources.providers.kis import _bars as kis_bars
+from resources.providers.twelvedata import TwelveDataSource
+from resources.providers.yahoo import YahooSource
 from resources.sources.files import FilesSource
 from tests.fakes.finnhub import FakeFinnhub, stamp_of
 from tests.fakes.hostile import non_finite
+from tests.fakes.twelvedata import API_KEY as TWELVE_DATA_KEY
+from tests.fakes.twelvedata import FakeTwelveData
+from tests.fakes.yahoo import FakeYahoo, open_epoch
 
 # October 2025 on XKRX: Chuseok (Oct 3-9 are holidays), weekends, and sessions either side.
 KRX_SESSIONS = sessions_between("krx", dt.date(2025, 9, 29), dt.date(2025, 10, 14))
@@ -173,6 +178,78 @@ def test_every_finnhub_candle_is_stored_or_quarantined(finnhub, monkeypatch, can
     bars = source.daily_bars("us", US_SESSIONS, ["AAPL"])
     assert len(bars) == len(candles)
     assert_accounted(len(candles), bars, US_SESSIONS)
+
+
+@pytest.fixture(scope="module")
+def twelve_data():
+    with FakeTwelveData() as server:
+        yield server
+
+
+def _fresh_providers(monkeypatch) -> None:
+    monkeypatch.setattr(breaker_module, "_SHARED", {})
+    monkeypatch.setattr(limiter_module, "_SHARED", {})
+
+
+@SETTINGS
+@given(records=rows(US_SESSIONS, US_OFF_DAYS))
+def test_every_twelve_data_value_is_stored_or_quarantined(twelve_data, monkeypatch, records):
+    """Twelve Data sends every number as text; a value row per hostile record."""
+    _fresh_providers(monkeypatch)
+    values = [
+        {"datetime": r["trade_date"], **{c: r[c] for c in ("open", "high", "low", "close")}}
+        | {"volume": r["volume"]}
+        for r in records
+    ]
+    body = {"meta": {"exchange_timezone": "America/New_York"}, "values": values, "status": "ok"}
+    twelve_data.faults.clear()
+    twelve_data.faults.add(200, body, path="/time_series")
+    source = TwelveDataSource(
+        api_key=TWELVE_DATA_KEY, base_url=twelve_data.url, retry=ONE_TRY, requests=1000
+    )
+    bars = source.daily_bars("us", US_SESSIONS, ["AAPL"])
+    assert len(bars) == len(records)
+    assert_accounted(len(records), bars, US_SESSIONS)
+
+
+JSON_VALUES = st.one_of(
+    st.floats(min_value=1.0, max_value=1e4),
+    st.sampled_from([math.inf, -math.inf, math.nan, 0.0, -2.5, None, "abc", "12.5", True, [1]]),
+)
+
+
+@pytest.fixture(scope="module")
+def yahoo():
+    with FakeYahoo() as server:
+        yield server
+
+
+YAHOO_STAMPS = st.one_of(
+    st.sampled_from([open_epoch(d) for d in [*US_SESSIONS, *US_OFF_DAYS]]),
+    st.sampled_from([math.inf, -1e30, "abc", None, 10**20, True]),
+)
+
+
+@SETTINGS
+@given(bars=st.lists(st.tuples(YAHOO_STAMPS, *[JSON_VALUES] * 5), max_size=12))
+def test_every_yahoo_bar_is_stored_or_quarantined(yahoo, monkeypatch, bars):
+    _fresh_providers(monkeypatch)
+    # One bar per session: Yahoo's second bar of a session (open-stamped and live) is the
+    # same bar's final values, kept alone by design.
+    dated = [b for b in bars if isinstance(b[0], int) and not isinstance(b[0], bool)]
+    bars = [b for b in bars if b not in dated] + list({b[0]: b for b in dated}.values())
+    if not bars:
+        return
+    stamps, *columns = (list(c) for c in zip(*bars, strict=True))
+    quote = dict(zip(("open", "high", "low", "close", "volume"), columns, strict=True))
+    result = {"meta": {}, "timestamp": stamps, "indicators": {"quote": [quote]}}
+    yahoo.faults.clear()
+    body = non_finite({"chart": {"result": [result], "error": None}})
+    yahoo.faults.add(200, body, path="/v8/finance/chart/AAPL")
+    source = YahooSource(yahoo.url, rate=(1000, 1.0), retry=ONE_TRY, clock=lambda: 4e9)
+    served = source.daily_bars("us", US_SESSIONS, ["AAPL"])
+    assert len(served) == len(bars)
+    assert_accounted(len(bars), served, US_SESSIONS)
 
 
 def test_a_provider_sending_infinity_has_its_rows_quarantined_as_non_finite(finnhub, monkeypatch):

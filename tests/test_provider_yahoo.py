@@ -28,7 +28,7 @@ from resources.providers.http import RetryPolicy
 from resources.sources.base import SourceError
 from resources.sources.synthetic import SyntheticSource
 from resources.sources.synthetic_options import option_chains
-from tests.conftest import WRITTEN_BEFORE_PUBLISH, materialize, recent_sessions, rejected_rows
+from tests.conftest import materialize, recent_sessions, rejected_rows
 from tests.fakes.yahoo import FakeYahoo, close_epoch, expirations, open_epoch, utc_epoch
 from tests.metadata_values import run_metadata
 
@@ -587,27 +587,22 @@ def test_option_chains_materialize_from_yahoo(lake, instance, fake, live):
         assert asked[0] is None and sorted(asked[1:]) == sorted(map(str, within))
 
 
-@WRITTEN_BEFORE_PUBLISH
 def test_option_chain_of_an_unknown_underlying_counts_as_missing(
     lake, instance, fake, live, caplog
 ):
     fake.unknown = {"NVDA"}
     result = run_options(lake, instance)
 
-    assert result.get_asset_materialization_events()  # stored; completeness reports the gap
-    stored = stored_chain(lake, live)
-    assert set(stored["underlying"]) == {"AAPL", "MSFT"}
-    assert len(stored) == sum(len(fake.chain_truth(s)) for s in ["AAPL", "MSFT"])
+    # Completeness fails, so the batch is kept in _rejected/ for inspection, not published.
+    assert not result.get_asset_materialization_events()
+    assert stored_chain(lake, live).is_empty()
+    kept = rejected_rows(lake, "option_chains", "us", OPTION_CHAINS, by=("contract_symbol",))
+    assert set(kept["underlying"]) == {"AAPL", "MSFT"}
+    assert len(kept) == sum(len(fake.chain_truth(s)) for s in ["AAPL", "MSFT"])
     assert not checks(result)["underlying_completeness"]
     assert checks(result)["option_rules"]
     assert "no chain for NVDA" in caplog.text and "/v7/finance/options/NVDA" in caplog.text
     assert len([r for r in fake.requests if r.path == OPTIONS + "NVDA"]) == 1  # not retried
-    # No underlying known at all: an empty partition replaces the old one, completeness fails.
-    fake.unknown = set(SYMBOLS)
-    again = run_options(lake, instance)
-    assert again.get_asset_materialization_events()
-    assert stored_chain(lake, live).is_empty()
-    assert not checks(again)["underlying_completeness"] and checks(again)["option_rules"]
 
 
 def test_option_chains_fall_back_when_yahoo_is_down(lake, instance, fake, live):

@@ -32,7 +32,6 @@ to the day before.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
 import time
@@ -41,13 +40,22 @@ from typing import Any
 
 import polars as pl
 
-from marketpipe_assets.schemas import DAILY_PRICES, RAW
+from marketpipe_assets.schemas import DAILY_PRICES
 from resources.sources.base import ConfigurationError
 
 from .base import OneMarketDailyBars, fetch_all, no_listing, rate_limit, required_env
 from .errors import BadRequest, NotFound, Unauthorized
 from .http import ProviderHttp, RetryPolicy
-from .values import NEW_YORK, US_CLOSE, bar_columns, date_of, epoch, served
+from .values import (
+    NEW_YORK,
+    US_CLOSE,
+    bar_columns,
+    date_of,
+    epoch,
+    evidence,
+    served,
+    unread_numbers,
+)
 
 PROVIDER = "finnhub"
 DEFAULT_BASE_URL = "https://finnhub.io/api/v1"
@@ -72,17 +80,17 @@ def session_date(epoch: int | float | None) -> dt.date | None:
     return date_of(seconds, NEW_YORK)
 
 
-def candle_dates(stamps: list) -> tuple[list[dt.date | None], list[str | None]]:
-    """Per candle stamp: its session date, and the JSON evidence of a stamp that is none."""
+def candle_dates(stamps: list) -> tuple[list[dt.date | None], list[dict[str, str]]]:
+    """Per candle stamp: its session date, and the evidence of a stamp that is none."""
     dates: list[dt.date | None] = []
-    unread: list[str | None] = []
+    unread: list[dict[str, str]] = []
     for stamp in stamps:
         try:
             dates.append(session_date(stamp))
-            unread.append(None)
+            unread.append({})
         except (TypeError, ValueError, OverflowError, OSError):
             dates.append(None)
-            unread.append(json.dumps({"trade_date": str(stamp)}))
+            unread.append({"trade_date": str(stamp)})
     return dates, unread
 
 
@@ -240,10 +248,12 @@ class FinnhubSource(OneMarketDailyBars):
             },
             schema=DAILY_PRICES,
         )
-        # A stamp that is no epoch (text, inf, beyond any date) leaves the bar undated, its
-        # text kept in `raw`: validation quarantines it as unparseable:trade_date.
-        if any(unread):
-            frame = frame.with_columns(pl.Series(RAW, unread, dtype=pl.String))
+        # A stamp that is no epoch (text, inf, beyond any date) leaves the bar undated and a
+        # value that is no number leaves it null, their text kept in `raw`: validation
+        # quarantines them as unparseable:<field>.
+        raw = evidence(unread, unread_numbers(payload, "ohlcv"))
+        if raw.is_not_null().any():
+            frame = frame.with_columns(raw)
         return frame
 
     # Quotes -------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 import polars as pl
 
-from marketpipe_assets.schemas import DAILY_PRICES, PRICE_COLUMNS
+from marketpipe_assets.schemas import DAILY_PRICES, PRICE_COLUMNS, RAW, with_evidence
 from marketpipe_assets.schemas import INTRADAY_BARS as SESSION_INTRADAY_BARS
 
 from .base import (
@@ -37,7 +37,7 @@ from .base import (
 )
 from .errors import BadRequest, NotFound, ProviderError, RateLimited, Unauthorized
 from .http import ProviderHttp, RetryPolicy
-from .values import US_CLOSE, parse_number
+from .values import US_CLOSE, parse_number, served
 
 log = logging.getLogger(__name__)
 
@@ -67,15 +67,24 @@ _VALUE_FIELDS = ("datetime", *PRICE_COLUMNS, "volume")
 def parse_values(values: list[dict[str, Any]], symbol: str) -> pl.DataFrame:
     """`values` -> strings parsed to numbers, ascending by datetime (the API defaults to DESC).
 
-    Keys a row lacks (forex has no volume) become null, never 0.
+    Keys a row lacks (forex has no volume) become null, never 0. The text of a number that is
+    none (`abc`, `1.5` shares) is kept in a `raw` column for the quarantine (absent when every
+    value parsed).
     """
     raw = pl.from_dicts(values, schema=dict.fromkeys(_VALUE_FIELDS, pl.String), strict=False)
-    return raw.with_columns(
+    typed = raw.with_columns(
         pl.lit(symbol, pl.String).alias("symbol"),
         pl.col("datetime").str.strip_chars(),
         *(parse_number(c, pl.Float64) for c in PRICE_COLUMNS),
         parse_number("volume", pl.Int64),
-    ).sort("datetime", nulls_last=True, maintain_order=True)
+    )
+    typed = with_evidence(typed, raw, [*PRICE_COLUMNS, "volume"])
+    return typed.sort("datetime", nulls_last=True, maintain_order=True)
+
+
+def _evidence(frame: pl.DataFrame) -> list[str]:
+    """`raw` when some value of `frame` did not parse (parse_values), else nothing."""
+    return [RAW] if RAW in frame.columns else []
 
 
 @dataclass(frozen=True)
@@ -175,23 +184,15 @@ class TwelveDataSource(OneMarketDailyBars):
             frames.append(values)
         if not frames and not_found is not None:
             raise not_found
-        frame = pl.concat(frames) if frames else parse_values([], symbol)
-        return (
-            frame.with_columns(
-                trade_date=pl.col("datetime").str.slice(0, 10).str.to_date("%Y-%m-%d", strict=False)
-            )
-            # Rows that cannot name their day are kept for the quarantine; other days are dropped,
-            # and so is a partial bar of a session that has not closed yet.
-            .filter(
-                pl.col("trade_date").is_null()
-                | (
-                    pl.col("trade_date").is_in(days)
-                    & (pl.col("trade_date") <= self._last_closed_session_day())
-                )
-            )
-            .with_columns(source=pl.lit(NAME))
-            .select(pl.col(c).cast(t) for c, t in DAILY_PRICES.items())
-        )
+        frame = pl.concat(frames, how="diagonal") if frames else parse_values([], symbol)
+        frame = frame.with_columns(
+            trade_date=pl.col("datetime").str.slice(0, 10).str.to_date("%Y-%m-%d", strict=False),
+            source=pl.lit(NAME),
+        ).select(*(pl.col(c).cast(t) for c, t in DAILY_PRICES.items()), *_evidence(frame))
+        # A partial bar of a session that has not closed yet waits for that session's run.
+        running = (pl.col("trade_date") > self._last_closed_session_day()).fill_null(False)
+        # Undated and off-session rows stay for the quarantine; other sessions are their runs'.
+        return served(frame.filter(~running), self.market, days)
 
     async def _daily(self, days: list[dt.date], symbols: Sequence[str]) -> pl.DataFrame:
         """One call per symbol (per 5,000 sessions), at most `requests` in flight."""
@@ -228,7 +229,7 @@ class TwelveDataSource(OneMarketDailyBars):
             values.with_columns(local=local)
             .filter(pl.col("local").dt.date() == session)
             .with_columns(bar_start=pl.col("local").dt.convert_time_zone("UTC"))
-            .select(pl.col(c).cast(t) for c, t in INTRADAY_BARS.items())
+            .select(*(pl.col(c).cast(t) for c, t in INTRADAY_BARS.items()), *_evidence(values))
             .sort("bar_start")
         )
 
@@ -257,7 +258,7 @@ class TwelveDataSource(OneMarketDailyBars):
             frames, missing = await fetch_each(symbols, fetch, concurrency=self.requests)
         if missing:
             log.warning("twelvedata: no intraday bars for %d symbol(s): %s", len(missing), missing)
-        return pl.concat([pl.DataFrame(schema=SESSION_INTRADAY_BARS), *frames])
+        return pl.concat([pl.DataFrame(schema=SESSION_INTRADAY_BARS), *frames], how="diagonal")
 
     def universe(self, market: str) -> pl.DataFrame:
         self._check_market(market)

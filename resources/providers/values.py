@@ -4,12 +4,14 @@ epoch stamps and session dates."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Mapping, Sequence
 from zoneinfo import ZoneInfo
 
 import polars as pl
 
 from marketpipe_assets.markets import is_session
+from marketpipe_assets.schemas import RAW
 
 NEW_YORK = ZoneInfo("America/New_York")
 SEOUL = ZoneInfo("Asia/Seoul")
@@ -43,6 +45,45 @@ def bar_columns(arrays: Mapping[str, list], keys: Sequence[str]) -> dict[str, pl
     )
     volume = volume.round(0).cast(pl.Int64, strict=False)
     return {"open": open_, "high": high, "low": low, "close": close, "volume": volume}
+
+
+def unread_numbers(arrays: Mapping[str, list], keys: Sequence[str]) -> list[dict[str, str]]:
+    """Per bar, {column: value as sent} of each value that was sent but is no JSON number
+    (text, true, an object): bar_columns makes it null, the quarantine shows what it was."""
+    columns = ("open", "high", "low", "close", "volume")
+    unread: list[dict[str, str]] = [{} for _ in arrays[keys[0]]]
+    for column, key in zip(columns, keys, strict=True):
+        for i, value in enumerate(arrays[key]):
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if value is not None and not number:
+                unread[i][column] = str(value)
+    return unread
+
+
+def dates_of(stamps: list, zone: dt.tzinfo) -> tuple[list[dt.date | None], list[dict[str, str]]]:
+    """Per epoch stamp, its date in `zone`, and the evidence of a stamp that is none (text,
+    inf, beyond any date): that bar is undated, quarantined as unparseable:trade_date."""
+    dates: list[dt.date | None] = []
+    unread: list[dict[str, str]] = []
+    for stamp in stamps:
+        try:
+            if isinstance(stamp, bool) or not isinstance(stamp, int | float):
+                raise TypeError(stamp)
+            dates.append(date_of(stamp, zone))
+            unread.append({})
+        except (TypeError, ValueError, OverflowError, OSError):
+            dates.append(None)
+            unread.append({} if stamp is None else {"trade_date": str(stamp)})
+    return dates, unread
+
+
+def evidence(*per_bar: list[dict[str, str]]) -> pl.Series:
+    """The `raw` column from per-bar evidence dicts merged: JSON, or null where all read."""
+    merged = [
+        {k: v for part in parts for k, v in part.items()} for parts in zip(*per_bar, strict=True)
+    ]
+    texts = [json.dumps(m, sort_keys=True) if m else None for m in merged]
+    return pl.Series(RAW, texts, dtype=pl.String)
 
 
 def epoch(day: dt.date, at: dt.time, zone: dt.tzinfo) -> int:

@@ -64,13 +64,23 @@ from urllib.parse import quote as url_quote
 
 import polars as pl
 
-from marketpipe_assets.schemas import DAILY_PRICES, OPTION_CHAIN_VENDOR
+from marketpipe_assets.schemas import DAILY_PRICES, OPTION_CHAIN_VENDOR, RAW
 from resources.sources.base import ConfigurationError
 
 from .base import OneMarketDailyBars, fetch_all, no_listing, rate_limit
 from .errors import BadRequest, NotFound, ProviderDown, ProviderError, RateLimited, Unauthorized
 from .http import ProviderHttp, RetryPolicy, retry_after_seconds
-from .values import NEW_YORK, US_CLOSE, bar_columns, date_of, epoch, served
+from .values import (
+    NEW_YORK,
+    US_CLOSE,
+    bar_columns,
+    date_of,
+    dates_of,
+    epoch,
+    evidence,
+    served,
+    unread_numbers,
+)
 
 PROVIDER = "yahoo"
 DEFAULT_BASE_URL = "https://query2.finance.yahoo.com"
@@ -302,7 +312,7 @@ class YahooSource(OneMarketDailyBars):
                 ", ".join(map(str, days)),
                 len(partial),
             )
-        frame = pl.concat(frames) if frames else pl.DataFrame(schema=DAILY_PRICES)
+        frame = pl.concat(frames, how="diagonal") if frames else pl.DataFrame(schema=DAILY_PRICES)
         # Undated and off-session bars stay: validation quarantines them, never a silent loss.
         return served(frame, MARKET, sorted(wanted))
 
@@ -334,14 +344,15 @@ class YahooSource(OneMarketDailyBars):
             raise http.schema_error(endpoint, symbol, f"arrays of different lengths {lengths}")
         meta = result.get("meta") or {}
         moment = max(self._clock(), float(meta.get("regularMarketTime") or 0))
+        dates, unread = dates_of(stamps, NEW_YORK)
         frame = pl.DataFrame(
             {
                 "symbol": [symbol] * len(stamps),
                 "stamp": pl.Series(stamps, dtype=pl.Int64, strict=False),
-                **bar_columns(quote, ("open", "high", "low", "close", "volume")),
+                **bar_columns(quote, fields),
+                RAW: evidence(unread, unread_numbers(quote, fields)),
             }
         )
-        dates = [None if s is None else date_of(s, NEW_YORK) for s in frame["stamp"]]
         closes = [None if d is None else self._session_close(d, meta) for d in dates]
         frame = frame.with_columns(
             trade_date=pl.Series(dates, dtype=pl.Date),
@@ -353,7 +364,9 @@ class YahooSource(OneMarketDailyBars):
         dated = kept.filter(pl.col("trade_date").is_not_null())
         dated = dated.sort("stamp").unique("trade_date", keep="last", maintain_order=True)
         kept = pl.concat([dated, kept.filter(pl.col("trade_date").is_null())])
-        bars = kept.with_columns(source=pl.lit(PROVIDER)).select(list(DAILY_PRICES))
+        # `raw` only where something did not read, as every source sends it.
+        shown = [] if kept[RAW].is_null().all() else [RAW]
+        bars = kept.with_columns(source=pl.lit(PROVIDER)).select(*DAILY_PRICES, *shown)
         return bars.cast(dict(DAILY_PRICES)), sorted(set(dropped["trade_date"]))
 
     # Corporate actions --------------------------------------------------------------------
