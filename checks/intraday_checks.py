@@ -28,6 +28,7 @@ from .rulebook import (
     parsed_rules,
     validate,
 )
+from .specs import Check, check_specs, rules_check
 
 INTRADAY_PRICE_RULES_CHECK = "intraday_price_rules"
 INTRADAY_COMPLETENESS = "completeness"
@@ -97,28 +98,27 @@ def validate_intraday(frame: pl.DataFrame, market: str, sessions: list[dt.date])
     )
 
 
+INTRADAY_CHECKS = (
+    rules_check(
+        INTRADAY_PRICE_RULES_CHECK,
+        INTRADAY_BAR_RULES,
+        "Stored bars satisfy every rule ({rules}); breaking rows are quarantined.",
+    ),
+    Check(
+        INTRADAY_COMPLETENESS,
+        "Each session has stored bars for enough of the symbols active that day.",
+        blocking=True,
+    ),
+    Check(
+        INTRADAY_BAR_COUNT,
+        f"Warns when a symbol has fewer than {BAR_COUNT_TOLERANCE:.0%} of the session's "
+        "15-minute bars.",
+    ),
+)
+
+
 def intraday_check_specs(asset_key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
-    rules = "; ".join(f"{r.name}: {r.description}" for r in INTRADAY_BAR_RULES)
-    return [
-        dg.AssetCheckSpec(
-            INTRADAY_PRICE_RULES_CHECK,
-            asset=asset_key,
-            blocking=True,
-            description=f"Stored bars satisfy every rule ({rules}); breaking rows are quarantined.",
-        ),
-        dg.AssetCheckSpec(
-            INTRADAY_COMPLETENESS,
-            asset=asset_key,
-            blocking=True,
-            description="Each session has stored bars for enough of the symbols active that day.",
-        ),
-        dg.AssetCheckSpec(
-            INTRADAY_BAR_COUNT,
-            asset=asset_key,
-            description=f"Warns when a symbol has fewer than {BAR_COUNT_TOLERANCE:.0%} of the "
-            "session's 15-minute bars.",
-        ),
-    ]
+    return check_specs(asset_key, INTRADAY_CHECKS)
 
 
 def intraday_rules_result(

@@ -22,6 +22,7 @@ from .rulebook import (
     finite_rule,
     named_rule,
 )
+from .specs import Check, check_specs, rules_check
 
 IV_RANGE = (0.0, 5.0)  # implied volatility must lie in (low, high]
 PARITY_TOLERANCE = 0.05  # dollars, on top of half the two contracts' spreads
@@ -97,29 +98,28 @@ def option_rules(iv_range: tuple[float, float] = IV_RANGE) -> tuple[Rule, ...]:
 OPTION_RULES = option_rules()
 
 
+OPTION_CHECKS = (
+    rules_check(
+        OPTION_RULES_CHECK,
+        OPTION_RULES,
+        "Stored contracts satisfy every rule ({rules}); breaking rows are quarantined. The IV "
+        "range is the run config's.",
+    ),
+    Check(
+        UNDERLYING_COMPLETENESS,
+        "Every configured underlying has stored contracts in every session.",
+        blocking=True,
+    ),
+    Check(
+        PUT_CALL_PARITY,
+        "Warns when call mid - put mid differs from S - K exp(-rT) by more than the tolerance "
+        "plus half the two spreads.",
+    ),
+)
+
+
 def option_check_specs(asset_key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
-    rules = "; ".join(f"{r.name}: {r.description}" for r in OPTION_RULES)
-    return [
-        dg.AssetCheckSpec(
-            OPTION_RULES_CHECK,
-            asset=asset_key,
-            blocking=True,
-            description=f"Stored contracts satisfy every rule ({rules}); breaking rows are "
-            "quarantined. The IV range is the run config's.",
-        ),
-        dg.AssetCheckSpec(
-            UNDERLYING_COMPLETENESS,
-            asset=asset_key,
-            blocking=True,
-            description="Every configured underlying has stored contracts in every session.",
-        ),
-        dg.AssetCheckSpec(
-            PUT_CALL_PARITY,
-            asset=asset_key,
-            description="Warns when call mid - put mid differs from S - K exp(-rT) by more than "
-            "the tolerance plus half the two spreads.",
-        ),
-    ]
+    return check_specs(asset_key, OPTION_CHECKS)
 
 
 def rules_result(stored: pl.DataFrame, validated: Validated, rules) -> dg.AssetCheckResult:

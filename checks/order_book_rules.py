@@ -35,6 +35,7 @@ from .rulebook import (
     named_rule,
     validate,
 )
+from .specs import Check, check_specs, rules_check
 
 ORDER_BOOK_RULES_CHECK = "order_book_rules"
 SNAPSHOT_COVERAGE = "snapshot_coverage"
@@ -188,24 +189,24 @@ def validate_order_books(frame: pl.DataFrame, market: str, sessions: list[dt.dat
     )
 
 
+ORDER_BOOK_CHECKS = (
+    rules_check(
+        ORDER_BOOK_RULES_CHECK,
+        ORDER_BOOK_RULES,
+        "Stored snapshots satisfy every rule ({rules}); a snapshot breaking one is quarantined "
+        "whole.",
+    ),
+    Check(
+        SNAPSHOT_COVERAGE,
+        f"Each session has >= {100 * COVERAGE_THRESHOLD:g}% of the snapshots expected: symbols "
+        "active that day x capture slots of the session.",
+        blocking=True,
+    ),
+)
+
+
 def order_book_check_specs(asset_key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
-    rules = "; ".join(f"{r.name}: {r.description}" for r in ORDER_BOOK_RULES)
-    return [
-        dg.AssetCheckSpec(
-            ORDER_BOOK_RULES_CHECK,
-            asset=asset_key,
-            blocking=True,
-            description=f"Stored snapshots satisfy every rule ({rules}); a snapshot breaking "
-            "one is quarantined whole.",
-        ),
-        dg.AssetCheckSpec(
-            SNAPSHOT_COVERAGE,
-            asset=asset_key,
-            blocking=True,
-            description=f"Each session has >= {100 * COVERAGE_THRESHOLD:g}% of the snapshots "
-            "expected: symbols active that day x capture slots of the session.",
-        ),
-    ]
+    return check_specs(asset_key, ORDER_BOOK_CHECKS)
 
 
 def order_book_rules_result(

@@ -21,6 +21,7 @@ from .rulebook import (
     day_over_day_jumps,
     validate,
 )
+from .specs import Check, check_specs, rules_check
 
 PRICE_RELATIONSHIPS = "price_relationships"
 COMPLETENESS = "completeness"
@@ -29,28 +30,23 @@ SUSPICIOUS_JUMPS = "suspicious_jumps"
 THRESHOLD_PCT = 100 * COMPLETENESS_THRESHOLD
 
 
+DAILY_PRICE_CHECKS = (
+    rules_check(
+        PRICE_RELATIONSHIPS,
+        DAILY_PRICE_RULES,
+        "Stored bars satisfy every rule ({rules}); breaking rows are quarantined.",
+    ),
+    Check(
+        COMPLETENESS,
+        f"Each session has stored bars for >= {THRESHOLD_PCT:g}% of the symbols active that day.",
+        blocking=True,
+    ),
+    Check(SUSPICIOUS_JUMPS, "Warns on day-over-day close moves beyond the jump threshold."),
+)
+
+
 def daily_price_check_specs(asset_key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
-    rules = "; ".join(f"{r.name}: {r.description}" for r in DAILY_PRICE_RULES)
-    return [
-        dg.AssetCheckSpec(
-            PRICE_RELATIONSHIPS,
-            asset=asset_key,
-            blocking=True,
-            description=f"Stored bars satisfy every rule ({rules}); breaking rows are quarantined.",
-        ),
-        dg.AssetCheckSpec(
-            COMPLETENESS,
-            asset=asset_key,
-            blocking=True,
-            description=f"Each session has stored bars for >= {THRESHOLD_PCT:g}% of the "
-            "symbols active that day.",
-        ),
-        dg.AssetCheckSpec(
-            SUSPICIOUS_JUMPS,
-            asset=asset_key,
-            description="Warns on day-over-day close moves beyond the jump threshold.",
-        ),
-    ]
+    return check_specs(asset_key, DAILY_PRICE_CHECKS)
 
 
 def price_relationships_result(stored: pl.DataFrame, validated: Validated) -> dg.AssetCheckResult:

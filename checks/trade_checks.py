@@ -17,6 +17,7 @@ from resources.collector.rules import TRADE_RULES as INGEST_RULES
 from resources.collector.rules import check_trades
 
 from .rulebook import Rule, UniqueTogether, Validated, validate
+from .specs import Check, check_specs, rules_check
 
 TRADE_RULES_CHECK = "trade_rules"
 AGGREGATES_RECONCILE = "aggregates_reconcile"
@@ -73,23 +74,26 @@ def validate_trades(trades: pl.DataFrame, market: str) -> Validated:
     )
 
 
+TRADE_CHECKS = (
+    # Not blocking: a bad trade is left out of the aggregates and quarantined, the hour goes on.
+    rules_check(
+        TRADE_RULES_CHECK,
+        TRADE_RULES,
+        "The hour's trades satisfy every rule ({rules}); breaking trades are left out of the "
+        "aggregates and quarantined.",
+        blocking=False,
+    ),
+    Check(
+        AGGREGATES_RECONCILE,
+        "Stored hourly and per-minute aggregates add up to the valid trades they came from: "
+        "trades, volume and price x size per symbol and hour.",
+        blocking=True,
+    ),
+)
+
+
 def trade_check_specs(asset_key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
-    rules = "; ".join(f"{r.name}: {r.description}" for r in TRADE_RULES)
-    return [
-        dg.AssetCheckSpec(
-            TRADE_RULES_CHECK,
-            asset=asset_key,
-            description=f"The hour's trades satisfy every rule ({rules}); breaking trades are "
-            "left out of the aggregates and quarantined.",
-        ),
-        dg.AssetCheckSpec(
-            AGGREGATES_RECONCILE,
-            asset=asset_key,
-            blocking=True,
-            description="Stored hourly and per-minute aggregates add up to the valid trades they "
-            "came from: trades, volume and price x size per symbol and hour.",
-        ),
-    ]
+    return check_specs(asset_key, TRADE_CHECKS)
 
 
 def trade_rules_result(validated: Validated, duplicates_dropped: int) -> dg.AssetCheckResult:
