@@ -31,7 +31,7 @@ from resources.alerts import (
 from resources.lake import LakeResource
 
 from .automation import RANGE_END_TAG, RANGE_START_TAG
-from .retries import INGESTION_DATASETS
+from .datasets import names
 
 WILL_RETRY_TAG = "dagster/will_retry"
 PARTITION_TAG = "dagster/partition"
@@ -143,7 +143,7 @@ def ingestion_notifications(context: dg.RunStatusSensorContext):
     for event in _events(context.instance, run.run_id, dg.DagsterEventType.ASSET_MATERIALIZATION):
         materialization = event.event_specific_data.materialization
         key = materialization.asset_key
-        if key.path[-1] not in INGESTION_DATASETS:
+        if key.path[-1] not in names(ingested=True):
             continue
         entry = stored.setdefault(key.to_user_string(), {"partitions": 0, "rows": 0})
         entry["partitions"] += 1

@@ -11,35 +11,20 @@ from resources.market_data import MarketDataResource
 from .alerting import alert_sensors
 from .automation import landing_file_sensor, market_schedule, price_job, rejected_file_job
 from .book_capture import capture_schedule
+from .datasets import DATASETS, names
 from .declarative import automation_sensor
 from .freshness import freshness_checks, freshness_job, freshness_schedules, with_freshness
-from .indicators import indicators_asset
-from .intraday import intraday_bars_asset
 from .markets import MARKETS
-from .options import option_chains_asset
-from .order_books import order_books_asset
-from .prices import daily_prices_asset, universe_asset
 from .retention import retention_job, retention_schedule
-from .trade_aggregates import trade_aggregate_assets, trade_jobs, trade_sensors
+from .trade_aggregates import trade_jobs, trade_sensors
 from .warehouse import warehouse_assets, warehouse_resources
 
-assets = [
-    build(market)
-    for market in MARKETS
-    for build in (
-        universe_asset,
-        daily_prices_asset,
-        indicators_asset,
-        intraday_bars_asset,
-        order_books_asset,
-    )
-] + [option_chains_asset()]
 # The warehouse assets exist only when MARKETPIPE_WAREHOUSE_URL is set.
-assets = with_freshness(assets) + trade_aggregate_assets() + warehouse_assets()
+assets = with_freshness([a for d in DATASETS for a in d.assets()]) + warehouse_assets()
 jobs = [
     *(price_job(m) for m in MARKETS),
     *(rejected_file_job(m) for m in MARKETS),
-    *(freshness_job(m, d) for m in MARKETS for d in ("daily_prices", "intraday_bars")),
+    *(freshness_job(m, d) for m in MARKETS for d in names(symbol_freshness=True)),
     retention_job,
     *trade_jobs(),
 ]

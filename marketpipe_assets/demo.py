@@ -17,14 +17,14 @@ import polars as pl
 from checks.price_checks import completeness_by_session
 
 from .automation import RANGE_END_TAG, RANGE_START_TAG
+from .datasets import names
 from .definitions import assets, defs
-from .markets import MARKETS, partition_dates, partitions_def
+from .markets import MARKETS, partition_dates, partitions_def, session_bounds
 from .prices import load_universe
 from .schemas import DAILY_PRICES, INDICATORS
 
 SESSIONS = 20
 # The contract's demo: daily prices (with their checks) and indicators.
-DEMO_DATASETS = ("daily_prices", "indicators")
 # Dagster's console logger would echo every event (about 130 DEBUG lines); failures and warnings
 # are printed below in a line or two each. Events still reach the instance's event log.
 QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
@@ -162,6 +162,16 @@ def _summary(market: str, keys: list[str], result: dg.ExecuteInProcessResult, la
     return lines
 
 
+def closed_sessions(market: str) -> list[str]:
+    """Partition keys of the sessions that have closed: today's session is a partition from
+    midnight (for the 18:00 schedule), but its bars do not exist before the close."""
+    now = dt.datetime.now(dt.UTC)
+    keys = partitions_def(market).get_partition_keys()
+    while keys and session_bounds(market, dt.date.fromisoformat(keys[-1]))[1] > now:
+        keys = keys[:-1]
+    return keys
+
+
 def main() -> int:
     started = time.monotonic()
     lake = defs.resources["lake"]
@@ -172,10 +182,9 @@ def main() -> int:
         ok &= result.success
         lines = _problems(result, instance)
         for market in MARKETS:
-            keys = partitions_def(market).get_partition_keys()[-SESSIONS:]
-            chosen = [
-                a for a in assets if a.key.path[0] == market and a.key.path[1] in DEMO_DATASETS
-            ]
+            keys = closed_sessions(market)[-SESSIONS:]
+            shown = names(in_demo=True)
+            chosen = [a for a in assets if a.key.path[0] == market and a.key.path[1] in shown]
             selection = [*chosen, *checks_of({a.key for a in chosen})]
             result = _run(
                 selection, instance, tags={RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]}

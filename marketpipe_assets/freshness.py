@@ -20,6 +20,7 @@ import polars as pl
 from checks.listing import active_on
 from resources.lake import LakeResource
 
+from .datasets import names
 from .markets import (
     MARKETS,
     is_session,
@@ -46,7 +47,6 @@ DAILY_DEADLINE_CRON = "0 9 * * 2-6"
 # A materialization counts from 16:00 the day before the deadline: after both exchanges close
 # (KRX 15:30, NYSE 16:00), i.e. one that can hold that session's bars.
 DAILY_LOWER_BOUND = dt.timedelta(hours=17)
-DAILY_DATASETS = ("daily_prices", "indicators")
 # A symbol is stale after this many ingested sessions in a row without a stored bar: one
 # missing bar is the completeness check's business (the synthetic source drops 1% by design).
 STALE_AFTER_SESSIONS = 3
@@ -69,7 +69,7 @@ def with_freshness(assets: Sequence[dg.AssetsDefinition]) -> list[dg.AssetsDefin
 
     def apply(spec: dg.AssetSpec) -> dg.AssetSpec:
         path = spec.key.path
-        if len(path) == 2 and path[0] in MARKETS and path[1] in DAILY_DATASETS:
+        if len(path) == 2 and path[0] in MARKETS and path[1] in names(due_after_session=True):
             return dg.apply_freshness_policy(spec, daily_freshness_policy(path[0]))
         return spec
 

@@ -41,14 +41,13 @@ from resources.book_spool import spool_dir
 from resources.lake import LakeResource
 from resources.publishing import REJECTED
 
+from .datasets import names
 from .freshness import evaluation_time
 
 QUARANTINE_DAYS_VARIABLE = "MARKETPIPE_QUARANTINE_RETENTION_DAYS"
 SPOOL_DAYS_VARIABLE = "MARKETPIPE_SPOOL_RETENTION_DAYS"
 DEFAULT_QUARANTINE_DAYS = 30
 DEFAULT_SPOOL_DAYS = 3
-# The capture folders of the spool; anything else there (a cursor, a lock) is not ours to age.
-SPOOL_DATASETS = ("order_books",)
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _REJECTED_NAME = re.compile(r"^\d{8}T\d{6}Z-")
 _LISTED = 200  # deleted paths named in the run's metadata
@@ -141,7 +140,8 @@ def expired_spool(
     root = root.rstrip("/")
     units: dict[str, list] = defaultdict(lambda: [None, 0])
     pending: set[str] = set()
-    for dataset in SPOOL_DATASETS:
+    # The capture folders of the spool; anything else there (a cursor, a lock) is not ours.
+    for dataset in names(spooled=True):
         base = f"{root}/{dataset}"
         stored: dict[str, set[dt.date]] = {}
         for path, info in _files(fs, base).items():

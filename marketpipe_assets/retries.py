@@ -35,16 +35,6 @@ from resources.providers.errors import ProviderError
 from resources.providers.http import seconds_from_env
 from resources.sources.base import ConfigurationError, SourceUnavailable
 
-# The datasets whose steps fetch from providers: they take `provider_retries`, and their
-# successful runs are what MARKETPIPE_NOTIFY_URL hears about (alerting.py).
-INGESTION_DATASETS = (
-    "universe",
-    "daily_prices",
-    "intraday_bars",
-    "option_chains",
-    "order_books",
-    "trades",
-)
 RETRIES_VARIABLE = "MARKETPIPE_STEP_RETRIES"
 DELAY_VARIABLE = "MARKETPIPE_STEP_RETRY_DELAY_SECONDS"
 MAX_VARIABLE = "MARKETPIPE_STEP_RETRY_MAX_SECONDS"

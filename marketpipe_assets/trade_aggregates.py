@@ -587,10 +587,6 @@ def trade_hours_sensor(
     return trade_hours
 
 
-def trade_aggregate_assets() -> list[dg.AssetsDefinition]:
-    return [trade_aggregates_asset(m) for m in MARKETS]
-
-
 def trade_sensors() -> list[dg.SensorDefinition]:
     return [trade_hours_sensor(m) for m in MARKETS]
 

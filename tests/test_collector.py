@@ -25,7 +25,7 @@ import pytest
 from marketpipe_assets.automation import RANGE_END_TAG, RANGE_START_TAG
 from marketpipe_assets.markets import all_sessions, session_bounds
 from marketpipe_assets.schemas import TRADE_AGGREGATES, TRADES
-from marketpipe_assets.trade_aggregates import hour_key, trade_aggregate_assets
+from marketpipe_assets.trade_aggregates import hour_key, trade_aggregates_asset
 from resources.collector.formats import parse_finnhub, parse_kis
 from resources.collector.rules import QUARANTINE, check_trades
 from resources.lake import LakeResource
@@ -368,7 +368,7 @@ def assert_aggregates_hold_every_trade_once(lake, market: str, valid: list[tuple
     sent = sent.with_columns(hour=pl.from_epoch("ts", "ms").dt.truncate("1h"))
     hours = sorted(sent["hour"].unique())
     keys = [hour_key(h.replace(tzinfo=dt.UTC)) for h in (hours[0], hours[-1])]
-    asset = next(a for a in trade_aggregate_assets() if a.key.path[0] == market)
+    asset = trade_aggregates_asset(market)
     with dg.instance_for_test() as instance:
         result = dg.materialize(
             [asset],
