@@ -19,8 +19,8 @@ from pathlib import Path
 
 import dagster as dg
 
+from checks.markets import partition_dates
 from marketpipe_assets.definitions import assets
-from marketpipe_assets.markets import partition_dates
 from resources.lake import LakeResource
 from resources.market_data import MarketDataResource
 

@@ -12,10 +12,9 @@ import datetime as dt
 import dagster as dg
 import polars as pl
 
-from marketpipe_assets.markets import session_bounds
 from marketpipe_assets.metadata import markdown_table
-from marketpipe_assets.schemas import INTRADAY_BAR_MINUTES, INTRADAY_BARS, PRICE_COLUMNS, RAW
 
+from .markets import session_bounds
 from .price_checks import completeness_result, rules_result
 from .rulebook import (
     OHLCV_RULES,
@@ -28,6 +27,7 @@ from .rulebook import (
     parsed_rules,
     validate,
 )
+from .schemas import INTRADAY_BAR_MINUTES, INTRADAY_BARS, PRICE_COLUMNS, RAW
 
 INTRADAY_PRICE_RULES_CHECK = "intraday_price_rules"
 INTRADAY_COMPLETENESS = "completeness"

@@ -12,11 +12,11 @@ import dagster as dg
 import polars as pl
 
 from marketpipe_assets.metadata import markdown_table
-from marketpipe_assets.schemas import TRADES
 from resources.collector.rules import TRADE_RULES as INGEST_RULES
 from resources.collector.rules import check_trades
 
 from .rulebook import Rule, UniqueTogether, Validated, validate
+from .schemas import TRADES
 
 TRADE_RULES_CHECK = "trade_rules"
 AGGREGATES_RECONCILE = "aggregates_reconcile"

@@ -21,7 +21,7 @@ import signal
 import sys
 import time
 
-from marketpipe_assets.markets import MARKETS
+from checks.markets import MARKETS
 from resources.collector.feeds import feed_from_env
 from resources.collector.flusher import LOG_FORMAT, FlusherProcess
 from resources.collector.formats import FINNHUB, KIS, SYNTHETIC

@@ -5,6 +5,7 @@ import os
 import dagster as dg
 
 from checks.ge_check import ge_asset_check
+from checks.markets import MARKETS
 from resources.lake import LakeResource
 from resources.market_data import MarketDataResource
 
@@ -15,7 +16,6 @@ from .declarative import automation_sensor
 from .freshness import freshness_checks, freshness_job, freshness_schedules, with_freshness
 from .indicators import indicators_asset
 from .intraday import intraday_bars_asset
-from .markets import MARKETS
 from .options import option_chains_asset
 from .order_books import order_books_asset
 from .prices import daily_prices_asset, universe_asset

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 import dagster as dg
 import polars as pl
 
-from .schemas import FILED_UNDER
+from checks.schemas import FILED_UNDER
 
 
 def percent(fraction: float) -> float:

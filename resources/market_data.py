@@ -10,8 +10,8 @@ import dagster as dg
 import fsspec
 import polars as pl
 
-from marketpipe_assets.markets import MARKETS
-from marketpipe_assets.schemas import UNIVERSE, conform
+from checks.markets import MARKETS
+from checks.schemas import UNIVERSE, conform
 
 from .providers import PROVIDERS
 from .sources.base import ConfigurationError, FallbackSource, Source, SourceError

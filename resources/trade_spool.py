@@ -24,7 +24,7 @@ from pathlib import Path
 
 import polars as pl
 
-from marketpipe_assets.schemas import TRADES
+from checks.schemas import TRADES
 from resources.book_spool import spool_dir
 from resources.sources.base import ConfigurationError
 

@@ -10,9 +10,9 @@ import logging
 import dagster as dg
 import pytest
 
+from checks.markets import partition_dates, partitions_def
 from marketpipe_assets.alerting import alert_sensors, failure_alerts, ingestion_notifications
 from marketpipe_assets.definitions import assets as defined_assets
-from marketpipe_assets.markets import partition_dates, partitions_def
 from marketpipe_assets.retries import provider_retries
 from resources.alerts import read_failure_log
 from resources.market_data import MarketDataResource

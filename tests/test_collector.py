@@ -22,9 +22,9 @@ import dagster as dg
 import polars as pl
 import pytest
 
+from checks.markets import all_sessions, session_bounds
+from checks.schemas import TRADE_AGGREGATES, TRADES
 from marketpipe_assets.automation import RANGE_END_TAG, RANGE_START_TAG
-from marketpipe_assets.markets import all_sessions, session_bounds
-from marketpipe_assets.schemas import TRADE_AGGREGATES, TRADES
 from marketpipe_assets.trade_aggregates import hour_key, trade_aggregate_assets
 from resources.collector.formats import parse_finnhub, parse_kis
 from resources.collector.rules import QUARANTINE, check_trades

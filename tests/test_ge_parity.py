@@ -12,8 +12,8 @@ import pytest
 from checks.ge_check import GREAT_EXPECTATIONS, ge_asset_check
 from checks.ge_suite import build_suite, ge_unexpected_rows, ge_violation_counts
 from checks.rulebook import DAILY_PRICE_RULES, REQUIRED_COLUMNS, validate
+from checks.schemas import DAILY_PRICES
 from marketpipe_assets.prices import standardise
-from marketpipe_assets.schemas import DAILY_PRICES
 from resources.market_data import MarketDataResource
 from tests.conftest import market_assets, materialize, recent_sessions
 

@@ -21,8 +21,8 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from marketpipe_assets.markets import sessions_between
-from marketpipe_assets.schemas import DAILY_PRICES
+from checks.markets import sessions_between
+from checks.schemas import DAILY_PRICES
 from resources.lake import LakeResource
 from resources.market_data import MarketDataResource
 from resources.providers import kis

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from marketpipe_assets.schemas import DAILY_PRICES
+from checks.schemas import DAILY_PRICES
 from resources.market_data import MarketDataResource
 from resources.providers import breaker, krx, limiter
 from resources.providers.errors import SchemaDrift

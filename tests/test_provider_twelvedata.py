@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from marketpipe_assets.schemas import DAILY_PRICES, INTRADAY_BARS, quarantine_schema
+from checks.schemas import DAILY_PRICES, INTRADAY_BARS, quarantine_schema
 from resources.market_data import MarketDataResource
 from resources.providers import breaker, limiter, twelvedata
 from resources.providers.errors import Unauthorized

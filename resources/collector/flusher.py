@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from marketpipe_assets.schemas import TRADES
+from checks.schemas import TRADES
 from resources.lake import LakeResource
 from resources.providers.http import RetryPolicy
 from resources.trade_spool import DATASET, TradeSpool

@@ -13,6 +13,7 @@ import os
 
 import polars as pl
 
+from checks.markets import MARKETS, is_session, session_bounds
 from checks.rulebook import (
     AtLeast,
     NotNull,
@@ -23,8 +24,7 @@ from checks.rulebook import (
     named_rule,
     validate,
 )
-from marketpipe_assets.markets import MARKETS, is_session, session_bounds
-from marketpipe_assets.schemas import TRADES, quarantine_schema
+from checks.schemas import TRADES, quarantine_schema
 from resources.sources.base import ConfigurationError
 
 SESSION = "session"  # the session date a row belongs to: its partition

@@ -14,7 +14,7 @@ from typing import ClassVar, TypeVar
 
 import polars as pl
 
-from marketpipe_assets.schemas import DAILY_PRICES
+from checks.schemas import DAILY_PRICES
 from resources.sources.base import ConfigurationError, SourceError
 
 from .errors import NotFound

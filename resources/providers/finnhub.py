@@ -41,7 +41,7 @@ from typing import Any
 
 import polars as pl
 
-from marketpipe_assets.schemas import DAILY_PRICES, RAW
+from checks.schemas import DAILY_PRICES, RAW
 from resources.sources.base import ConfigurationError
 
 from .base import OneMarketDailyBars, fetch_all, no_listing, rate_limit, required_env

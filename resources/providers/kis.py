@@ -30,9 +30,9 @@ import httpx
 import polars as pl
 
 from checks.intraday_checks import SESSION_CLOSE, SESSION_OPEN, session_table
+from checks.markets import is_session, session_bounds
 from checks.rulebook import OHLCV_RULES
-from marketpipe_assets.markets import is_session, session_bounds
-from marketpipe_assets.schemas import (
+from checks.schemas import (
     INTRADAY_BAR_MINUTES,
     INTRADAY_BARS,
     ORDER_BOOK_SNAPSHOTS,

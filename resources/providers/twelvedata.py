@@ -23,8 +23,8 @@ from typing import Any, ClassVar
 
 import polars as pl
 
-from marketpipe_assets.schemas import DAILY_PRICES, PRICE_COLUMNS
-from marketpipe_assets.schemas import INTRADAY_BARS as SESSION_INTRADAY_BARS
+from checks.schemas import DAILY_PRICES, PRICE_COLUMNS
+from checks.schemas import INTRADAY_BARS as SESSION_INTRADAY_BARS
 
 from .base import (
     OneMarketDailyBars,

@@ -64,7 +64,7 @@ from urllib.parse import quote as url_quote
 
 import polars as pl
 
-from marketpipe_assets.schemas import DAILY_PRICES, OPTION_CHAIN_VENDOR
+from checks.schemas import DAILY_PRICES, OPTION_CHAIN_VENDOR
 from resources.sources.base import ConfigurationError
 
 from .base import OneMarketDailyBars, fetch_all, no_listing, rate_limit

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import polars as pl
 
-from marketpipe_assets.schemas import ORDER_BOOK_SNAPSHOTS
+from checks.schemas import ORDER_BOOK_SNAPSHOTS
 
 from .base import FallbackSource, SourceUnavailable
 

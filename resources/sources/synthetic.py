@@ -17,9 +17,9 @@ import numpy as np
 import polars as pl
 from scipy.signal import lfilter
 
+from checks import markets
 from checks.listing import BEFORE_HISTORY
-from marketpipe_assets import markets
-from marketpipe_assets.schemas import (
+from checks.schemas import (
     DAILY_PRICES,
     INTRADAY_BAR_MINUTES,
     INTRADAY_BARS,

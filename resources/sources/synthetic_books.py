@@ -19,9 +19,9 @@ from collections.abc import Sequence
 import numpy as np
 import polars as pl
 
-from marketpipe_assets import markets
-from marketpipe_assets.markets import capture_slots
-from marketpipe_assets.schemas import ORDER_BOOK_LEVELS, ORDER_BOOK_SNAPSHOTS
+from checks import markets
+from checks.markets import capture_slots
+from checks.schemas import ORDER_BOOK_LEVELS, ORDER_BOOK_SNAPSHOTS
 
 from .synthetic import SyntheticSource, hashes, shocks, uniform_pair, uniforms
 

@@ -17,8 +17,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import polars as pl
 
-from marketpipe_assets.greeks import DAYS_PER_YEAR, RISK_FREE_RATE, black_scholes
-from marketpipe_assets.schemas import OPTION_CHAIN_VENDOR
+from checks.greeks import DAYS_PER_YEAR, RISK_FREE_RATE, black_scholes
+from checks.schemas import OPTION_CHAIN_VENDOR
 
 from .synthetic import EPOCH, hashes, uniform_pair
 
