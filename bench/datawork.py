@@ -11,6 +11,7 @@ import datetime as dt
 import polars as pl
 
 from checks.markets import with_filing
+from checks.metadata import markdown_table
 from checks.price_checks import (
     completeness_by_session,
     completeness_result,
@@ -20,7 +21,6 @@ from checks.price_checks import (
 from checks.rulebook import DAILY_PRICE_RULES, HALTED, session_rule, validate
 from checks.schemas import DAILY_PRICES, FILED_UNDER, INDICATORS
 from marketpipe_assets.indicators import HISTORY_COLUMNS, compute_indicators
-from marketpipe_assets.metadata import markdown_table
 from marketpipe_assets.prices import _previous_stored, load_universe, standardise
 from resources.lake import LakeResource
 from resources.market_data import MarketDataResource

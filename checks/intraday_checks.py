@@ -12,9 +12,8 @@ import datetime as dt
 import dagster as dg
 import polars as pl
 
-from marketpipe_assets.metadata import markdown_table
-
 from .markets import session_bounds
+from .metadata import markdown_table
 from .price_checks import completeness_result, rules_result
 from .rulebook import (
     OHLCV_RULES,

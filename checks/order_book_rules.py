@@ -18,10 +18,9 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from marketpipe_assets.metadata import markdown_table
-
 from .intraday_checks import SESSION_CLOSE, SESSION_OPEN, session_table
 from .markets import capture_slots
+from .metadata import markdown_table
 from .price_checks import completeness_by_session, rules_result
 from .rulebook import (
     COMPLETENESS_THRESHOLD,

@@ -11,10 +11,10 @@ from __future__ import annotations
 import dagster as dg
 import polars as pl
 
-from marketpipe_assets.metadata import markdown_table
 from resources.collector.rules import TRADE_RULES as INGEST_RULES
 from resources.collector.rules import check_trades
 
+from .metadata import markdown_table
 from .rulebook import Rule, UniqueTogether, Validated, validate
 from .schemas import TRADES
 

@@ -26,10 +26,10 @@ from checks.markets import (
     session_bounds,
     sessions_between,
 )
+from checks.metadata import markdown_table
 from checks.schemas import DAILY_PRICES, INTRADAY_BARS
 from resources.lake import LakeResource
 
-from .metadata import markdown_table
 from .prices import active_symbols, load_universe
 
 SYMBOL_FRESHNESS = "symbol_freshness"

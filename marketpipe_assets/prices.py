@@ -8,6 +8,7 @@ import polars as pl
 
 from checks.listing import active_on
 from checks.markets import MARKETS, partition_dates, partitions_def, previous_session, with_filing
+from checks.metadata import markdown_table
 from checks.price_checks import (
     completeness_by_session,
     completeness_result,
@@ -22,7 +23,7 @@ from resources.market_data import MarketDataResource
 from resources.sources.base import FallbackSource
 from resources.sources.files import FilesSource, SessionUniverse
 
-from .metadata import accounted, markdown_table, path_value, session_metadata
+from .metadata import accounted, path_value, session_metadata
 from .publish import publish_if_checks_pass
 from .retries import provider_retries
 

@@ -28,6 +28,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from checks.markets import MARKETS, all_sessions, session_bounds, sessions_between
+from checks.metadata import markdown_table
 from checks.rulebook import Validated
 from checks.schemas import TRADE_AGGREGATES, TRADES
 from checks.trade_checks import (
@@ -41,7 +42,7 @@ from resources.lake import PART_FILE, LakeResource
 from resources.publishing import Batch
 from resources.trade_spool import read_unflushed
 
-from .metadata import counts_by_session, markdown_table, path_value, per_session, run_totals
+from .metadata import counts_by_session, path_value, per_session, run_totals
 from .publish import publish_if_checks_pass
 
 DATASET = "trade_aggregates"
