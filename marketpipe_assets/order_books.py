@@ -13,6 +13,7 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
+from checks.errors import ConfigurationError
 from checks.markets import partition_dates, partitions_def, with_filing
 from checks.order_book_rules import (
     coverage_by_session,
@@ -25,7 +26,7 @@ from checks.schemas import FILED_UNDER, ORDER_BOOK_LEVELS, ORDER_BOOKS
 from resources.book_spool import BookSpool
 from resources.lake import LakeResource
 from resources.market_data import MarketDataResource
-from resources.sources.base import ConfigurationError, SourceUnavailable
+from resources.sources.base import SourceUnavailable
 from resources.sources.books import order_book_history
 
 from .metadata import accounted, session_metadata

@@ -31,9 +31,10 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from checks.errors import ConfigurationError
 from resources.providers.errors import ProviderError
 from resources.providers.http import seconds_from_env
-from resources.sources.base import ConfigurationError, SourceUnavailable
+from resources.sources.base import SourceUnavailable
 
 # The datasets whose steps fetch from providers: they take `provider_retries`, and their
 # successful runs are what MARKETPIPE_NOTIFY_URL hears about (alerting.py).

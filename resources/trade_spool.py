@@ -24,9 +24,9 @@ from pathlib import Path
 
 import polars as pl
 
+from checks.errors import ConfigurationError
 from checks.schemas import TRADES
 from resources.book_spool import spool_dir
-from resources.sources.base import ConfigurationError
 
 DATASET = "trades"
 SYNCHRONOUS_VARIABLE = "MARKETPIPE_SPOOL_SYNCHRONOUS"

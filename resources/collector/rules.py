@@ -13,6 +13,7 @@ import os
 
 import polars as pl
 
+from checks.errors import ConfigurationError
 from checks.markets import MARKETS, is_session, session_bounds
 from checks.rulebook import (
     AtLeast,
@@ -25,7 +26,6 @@ from checks.rulebook import (
     validate,
 )
 from checks.schemas import TRADES, quarantine_schema
-from resources.sources.base import ConfigurationError
 
 SESSION = "session"  # the session date a row belongs to: its partition
 LOW, HIGH = "_session_low", "_session_high"

@@ -41,8 +41,8 @@ from typing import Any
 
 import polars as pl
 
+from checks.errors import ConfigurationError
 from checks.schemas import DAILY_PRICES, RAW
-from resources.sources.base import ConfigurationError
 
 from .base import OneMarketDailyBars, fetch_all, no_listing, rate_limit, required_env
 from .errors import BadRequest, NotFound, Unauthorized

@@ -29,6 +29,7 @@ from typing import Any
 import httpx
 import polars as pl
 
+from checks.errors import ConfigurationError
 from checks.intraday_checks import SESSION_CLOSE, SESSION_OPEN, session_table
 from checks.markets import is_session, session_bounds
 from checks.rulebook import OHLCV_RULES
@@ -39,7 +40,7 @@ from checks.schemas import (
     PRICE_COLUMNS,
     with_evidence,
 )
-from resources.sources.base import ConfigurationError, SourceUnavailable
+from resources.sources.base import SourceUnavailable
 
 from .base import (
     OneMarketDailyBars,

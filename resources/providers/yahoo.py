@@ -64,8 +64,8 @@ from urllib.parse import quote as url_quote
 
 import polars as pl
 
+from checks.errors import ConfigurationError
 from checks.schemas import DAILY_PRICES, OPTION_CHAIN_VENDOR
-from resources.sources.base import ConfigurationError
 
 from .base import OneMarketDailyBars, fetch_all, no_listing, rate_limit
 from .errors import BadRequest, NotFound, ProviderDown, ProviderError, RateLimited, Unauthorized
