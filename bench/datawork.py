@@ -102,10 +102,10 @@ def indicators(t: Stages, lake, market: str, sessions: list[dt.date]) -> pl.Data
 
 
 def ge_check(t: Stages, lake, market: str, sessions: list[dt.date]) -> bool | None:
-    """The separate great_expectations check (checks/ge_check.py), when it exists."""
+    """The separate great_expectations check (marketpipe_assets/ge_check.py), when it exists."""
     try:
-        from checks.ge_check import recorded_violation_counts, sessions_to_check
         from checks.ge_suite import ge_violation_counts
+        from marketpipe_assets.ge_check import recorded_violation_counts, sessions_to_check
     except ModuleNotFoundError:
         return None
     first, last, _ = sessions_to_check(market, min(sessions), max(sessions))

@@ -4,8 +4,8 @@ import os
 
 import dagster as dg
 
-from checks.ge_check import ge_asset_check
 from checks.markets import MARKETS
+from marketpipe_assets.ge_check import ge_asset_check
 from resources.lake import LakeResource
 from resources.market_data import MarketDataResource
 
