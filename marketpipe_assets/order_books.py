@@ -24,10 +24,10 @@ from checks.order_book_rules import (
 )
 from checks.schemas import FILED_UNDER, ORDER_BOOK_LEVELS, ORDER_BOOKS
 from resources.book_spool import BookSpool
+from resources.books import order_book_history
 from resources.lake import LakeResource
 from resources.market_data import MarketDataResource
 from resources.sources.base import SourceUnavailable
-from resources.sources.books import order_book_history
 
 from .metadata import accounted, session_metadata
 from .prices import load_universe, provider_pool
