@@ -34,6 +34,7 @@ test: install lint
 lint: $(STAMP)
 	$(BIN)/ruff check marketpipe_assets resources checks tests bench
 	$(BIN)/ruff format --check marketpipe_assets resources checks tests bench
+	$(BIN)/lint-imports --no-cache
 
 # From DAGSTER_HOME: `dagster dev` warns about any dagster.yaml in its working directory that is
 # not DAGSTER_HOME's, and the repository's is only the template written there by `install`.

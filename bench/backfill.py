@@ -6,7 +6,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from marketpipe_assets.markets import partition_dates
+from checks.markets import partition_dates
 from resources.lake import LakeResource
 from resources.market_data import MarketDataResource
 

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def past_keys(market: str, n: int) -> list[str]:
     """The n most recent partition keys before today: ends at the latest past session."""
-    from marketpipe_assets.markets import partitions_def
+    from checks.markets import partitions_def
 
     today = dt.date.today().isoformat()
     return [k for k in partitions_def(market).get_partition_keys() if k < today][-n:]

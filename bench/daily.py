@@ -19,8 +19,8 @@ from pathlib import Path
 
 import dagster as dg
 
+from checks.markets import partition_dates
 from marketpipe_assets.definitions import assets
-from marketpipe_assets.markets import partition_dates
 from resources.lake import LakeResource
 from resources.market_data import MarketDataResource
 
@@ -33,7 +33,8 @@ warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
 def _select(market: str, *names: str) -> list[dg.AssetsDefinition]:
     """The market's assets by name with their inline checks: what the 18:00 schedule runs. The
-    separate GE cross-check runs in a run of its own (checks/ge_check.py), as in production."""
+    separate GE cross-check runs in a run of its own (marketpipe_assets/ge_check.py), as in
+    production."""
     return [a for a in assets if a.key.path[0] == market and a.key.path[1] in names]
 
 

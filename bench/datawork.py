@@ -10,6 +10,8 @@ import datetime as dt
 
 import polars as pl
 
+from checks.markets import with_filing
+from checks.metadata import markdown_table
 from checks.price_checks import (
     completeness_by_session,
     completeness_result,
@@ -17,11 +19,9 @@ from checks.price_checks import (
     suspicious_jumps_result,
 )
 from checks.rulebook import DAILY_PRICE_RULES, HALTED, session_rule, validate
+from checks.schemas import DAILY_PRICES, FILED_UNDER, INDICATORS
 from marketpipe_assets.indicators import HISTORY_COLUMNS, compute_indicators
-from marketpipe_assets.markets import with_filing
-from marketpipe_assets.metadata import markdown_table
 from marketpipe_assets.prices import _previous_stored, load_universe, standardise
-from marketpipe_assets.schemas import DAILY_PRICES, FILED_UNDER, INDICATORS
 from resources.lake import LakeResource
 from resources.market_data import MarketDataResource
 
@@ -102,10 +102,10 @@ def indicators(t: Stages, lake, market: str, sessions: list[dt.date]) -> pl.Data
 
 
 def ge_check(t: Stages, lake, market: str, sessions: list[dt.date]) -> bool | None:
-    """The separate great_expectations check (checks/ge_check.py), when it exists."""
+    """The separate great_expectations check (marketpipe_assets/ge_check.py), when it exists."""
     try:
-        from checks.ge_check import recorded_violation_counts, sessions_to_check
         from checks.ge_suite import ge_violation_counts
+        from marketpipe_assets.ge_check import recorded_violation_counts, sessions_to_check
     except ModuleNotFoundError:
         return None
     first, last, _ = sessions_to_check(market, min(sessions), max(sessions))

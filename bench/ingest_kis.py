@@ -25,7 +25,7 @@ _KEY, _SECRET = "bench-app-key", "bench-app-secret"
 
 
 def _serve(conn, latency: tuple[float, float]) -> None:
-    from marketpipe_assets.markets import all_sessions
+    from checks.markets import all_sessions
     from tests.fakes.kis import DAILY, FakeKis
 
     all_sessions("krx")  # load the calendar before the clock starts
@@ -36,7 +36,7 @@ def _serve(conn, latency: tuple[float, float]) -> None:
 
 
 def _last_session() -> dt.date:
-    from marketpipe_assets.markets import all_sessions
+    from checks.markets import all_sessions
 
     today = dt.date.today()
     return max(d for d in all_sessions("krx") if d < today)

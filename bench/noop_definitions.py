@@ -13,7 +13,7 @@ import warnings
 
 import dagster as dg
 
-from marketpipe_assets.markets import partitions_def
+from checks.markets import partitions_def
 
 MARKET = os.environ.get("MARKETPIPE_BENCH_MARKET", "krx")
 INLINE = int(os.environ.get("MARKETPIPE_BENCH_INLINE_CHECKS", "3"))

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from marketpipe_assets.greeks import DAYS_PER_YEAR, implied_volatility
+from checks.greeks import DAYS_PER_YEAR, implied_volatility
 from marketpipe_assets.options import OptionChainConfig, derive, store_chains
 from resources.lake import LakeResource
 from resources.sources.synthetic_options import DEFECTS, option_chains

@@ -48,8 +48,8 @@ def bare_polars(frame: pl.DataFrame, path: Path) -> int:
 
 
 def run(symbols: int = 2500, market: str = "us", interval: int = 1) -> dict:
+    from checks.markets import partition_dates
     from checks.order_book_rules import validate_order_books
-    from marketpipe_assets.markets import partition_dates
     from marketpipe_assets.order_books import DATASET, with_derived
     from resources.lake import LakeResource
     from resources.sources.synthetic import SyntheticSource

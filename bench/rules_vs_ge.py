@@ -11,8 +11,8 @@ import time
 
 import polars as pl
 
+from checks.markets import partition_dates
 from checks.rulebook import validate
-from marketpipe_assets.markets import partition_dates
 from marketpipe_assets.prices import standardise
 from resources.sources.synthetic import SyntheticSource
 

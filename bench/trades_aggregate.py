@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from checks.markets import session_bounds
+from checks.schemas import TRADES
 from checks.trade_checks import reconcile_result, trade_rules_result
-from marketpipe_assets.markets import session_bounds
-from marketpipe_assets.schemas import TRADES
 from marketpipe_assets.trade_aggregates import build_hours, session_hours
 from resources.lake import LakeResource
 

@@ -35,7 +35,7 @@ _TOKEN = "bench-finnhub-token"
 
 
 def frames(trades: int) -> list[str]:
-    from marketpipe_assets.markets import all_sessions, session_bounds
+    from checks.markets import all_sessions, session_bounds
     from tests.fakes.ws_finnhub import finnhub_frame
 
     day = [d for d in all_sessions("us") if d < dt.date.today()][-1]
@@ -68,7 +68,7 @@ def _spool_progress(path: Path) -> tuple[int, int]:
 def run(trades: int = 1_000_000) -> dict:
     import polars as pl
 
-    from marketpipe_assets.schemas import TRADES
+    from checks.schemas import TRADES
     from resources.lake import LakeResource
     from tests.fakes.ws_finnhub import FakeFinnhubWs
 

@@ -23,7 +23,7 @@ import polars as pl
 import psycopg2
 from psycopg2 import sql
 
-from marketpipe_assets.markets import partition_dates
+from checks.markets import partition_dates
 from marketpipe_assets.warehouse import load_sessions
 from resources.lake import LakeResource
 from resources.market_data import MarketDataResource

@@ -22,9 +22,8 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from marketpipe_assets.schemas import RAW
-
 from .rulebook import DAILY_PRICE_RULES, Rule
+from .schemas import RAW
 
 if TYPE_CHECKING:
     import great_expectations as gx

@@ -12,10 +12,8 @@ import datetime as dt
 import dagster as dg
 import polars as pl
 
-from marketpipe_assets.markets import session_bounds
-from marketpipe_assets.metadata import markdown_table
-from marketpipe_assets.schemas import INTRADAY_BAR_MINUTES, INTRADAY_BARS, PRICE_COLUMNS, RAW
-
+from .markets import session_bounds
+from .metadata import markdown_table
 from .price_checks import completeness_result, rules_result
 from .rulebook import (
     OHLCV_RULES,
@@ -28,6 +26,7 @@ from .rulebook import (
     parsed_rules,
     validate,
 )
+from .schemas import INTRADAY_BAR_MINUTES, INTRADAY_BARS, PRICE_COLUMNS, RAW
 from .specs import Check, check_specs, rules_check
 
 INTRADAY_PRICE_RULES_CHECK = "intraday_price_rules"

@@ -9,9 +9,8 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from marketpipe_assets.greeks import DAYS_PER_YEAR, RISK_FREE_RATE
-from marketpipe_assets.metadata import markdown_table
-
+from .greeks import DAYS_PER_YEAR, RISK_FREE_RATE
+from .metadata import markdown_table
 from .rulebook import (
     AtLeast,
     NotNull,

@@ -18,11 +18,9 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from marketpipe_assets.markets import capture_slots
-from marketpipe_assets.metadata import markdown_table
-from marketpipe_assets.schemas import ORDER_BOOK_LEVELS, RAW
-
 from .intraday_checks import SESSION_CLOSE, SESSION_OPEN, session_table
+from .markets import capture_slots
+from .metadata import markdown_table
 from .price_checks import completeness_by_session, rules_result
 from .rulebook import (
     COMPLETENESS_THRESHOLD,
@@ -35,6 +33,7 @@ from .rulebook import (
     named_rule,
     validate,
 )
+from .schemas import ORDER_BOOK_LEVELS, RAW
 from .specs import Check, check_specs, rules_check
 
 ORDER_BOOK_RULES_CHECK = "order_book_rules"

@@ -11,9 +11,8 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from marketpipe_assets.metadata import markdown_table
-
 from .listing import active_on, listed_from, listed_until
+from .metadata import markdown_table
 from .rulebook import (
     COMPLETENESS_THRESHOLD,
     DAILY_PRICE_RULES,

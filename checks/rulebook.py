@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from marketpipe_assets.schemas import DAILY_PRICES, PRICE_COLUMNS, RAW
+from .schemas import DAILY_PRICES, PRICE_COLUMNS, RAW
 
 COMPLETENESS_THRESHOLD = 0.95
 # KRX's daily price limit is +/-30%; a larger move is possible (US, corporate actions) but

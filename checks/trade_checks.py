@@ -11,13 +11,12 @@ from __future__ import annotations
 import dagster as dg
 import polars as pl
 
-from marketpipe_assets.metadata import markdown_table
-from marketpipe_assets.schemas import TRADES
-from resources.collector.rules import TRADE_RULES as INGEST_RULES
-from resources.collector.rules import check_trades
-
+from .metadata import markdown_table
 from .rulebook import Rule, UniqueTogether, Validated, validate
+from .schemas import TRADES
 from .specs import Check, check_specs, rules_check
+from .trade_rules import TRADE_RULES as INGEST_RULES
+from .trade_rules import check_trades
 
 TRADE_RULES_CHECK = "trade_rules"
 AGGREGATES_RECONCILE = "aggregates_reconcile"

@@ -10,12 +10,11 @@ from functools import cache
 
 import dagster as dg
 
+from checks.markets import MARKETS, all_sessions, is_session, partitions_def
 from resources.market_data import MarketDataResource
 from resources.sources.base import SourceError
 from resources.sources.files import FilesSource
 from resources.sources.landing_files import rejected_file
-
-from .markets import MARKETS, all_sessions, is_session, partitions_def
 
 # Dagster's tags for a single run over a partition range (what the CLI's --partition-range sets).
 RANGE_START_TAG = "dagster/asset_partition_range_start"

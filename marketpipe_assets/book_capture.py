@@ -13,12 +13,12 @@ from functools import cache
 import dagster as dg
 import polars as pl
 
+from checks.markets import MARKETS, capture_slots, is_session
 from resources.book_spool import BookSpool
+from resources.books import order_books_at
 from resources.lake import LakeResource
 from resources.market_data import MarketDataResource
-from resources.sources.books import order_books_at
 
-from .markets import MARKETS, capture_slots, is_session
 from .order_books import capture_interval
 from .prices import active_symbols, load_universe, provider_pool
 

@@ -17,7 +17,7 @@ import json
 import os
 import sys
 
-from .markets import MARKETS
+from checks.markets import MARKETS
 
 # Each report and what it answers, in the words `marketpipe query --help` shows.
 QUERIES = {

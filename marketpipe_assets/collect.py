@@ -21,12 +21,12 @@ import signal
 import sys
 import time
 
-from marketpipe_assets.markets import MARKETS
+from checks.errors import ConfigurationError
+from checks.markets import MARKETS
 from resources.collector.feeds import feed_from_env
 from resources.collector.flusher import LOG_FORMAT, FlusherProcess
 from resources.collector.formats import FINNHUB, KIS, SYNTHETIC
 from resources.collector.runner import Collector
-from resources.sources.base import ConfigurationError
 from resources.trade_spool import TradeSpool, spool_path
 
 logger = logging.getLogger("marketpipe.collector")

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from checks.markets import MARKETS
+
 from .indicators import indicators_asset
 from .intraday import intraday_bars_asset
-from .markets import MARKETS
 from .options import option_chains_asset
 from .order_books import order_books_asset
 from .prices import daily_prices_asset, universe_asset

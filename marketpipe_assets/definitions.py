@@ -4,7 +4,8 @@ import os
 
 import dagster as dg
 
-from checks.ge_check import ge_asset_check
+from checks.markets import MARKETS
+from marketpipe_assets.ge_check import ge_asset_check
 from resources.lake import LakeResource
 from resources.market_data import MarketDataResource
 
@@ -14,7 +15,6 @@ from .book_capture import capture_schedule
 from .datasets import DATASETS, names
 from .declarative import automation_sensor
 from .freshness import freshness_checks, freshness_job, freshness_schedules, with_freshness
-from .markets import MARKETS
 from .retention import retention_job, retention_schedule
 from .trade_aggregates import trade_jobs, trade_sensors
 from .warehouse import warehouse_assets, warehouse_resources

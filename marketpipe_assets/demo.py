@@ -14,14 +14,14 @@ import time
 import dagster as dg
 import polars as pl
 
+from checks.markets import MARKETS, partition_dates, partitions_def, session_bounds
 from checks.price_checks import completeness_by_session
+from checks.schemas import DAILY_PRICES, INDICATORS
 
 from .automation import RANGE_END_TAG, RANGE_START_TAG
 from .datasets import names
 from .definitions import assets, defs
-from .markets import MARKETS, partition_dates, partitions_def, session_bounds
 from .prices import load_universe
-from .schemas import DAILY_PRICES, INDICATORS
 
 SESSIONS = 20
 # The contract's demo: daily prices (with their checks) and indicators.

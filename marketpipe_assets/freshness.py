@@ -18,10 +18,7 @@ import dagster as dg
 import polars as pl
 
 from checks.listing import active_on
-from resources.lake import LakeResource
-
-from .datasets import names
-from .markets import (
+from checks.markets import (
     MARKETS,
     is_session,
     partitions_def,
@@ -29,9 +26,12 @@ from .markets import (
     session_bounds,
     sessions_between,
 )
-from .metadata import markdown_table
+from checks.metadata import markdown_table
+from checks.schemas import DAILY_PRICES, INTRADAY_BARS
+from resources.lake import LakeResource
+
+from .datasets import names
 from .prices import active_symbols, load_universe
-from .schemas import DAILY_PRICES, INTRADAY_BARS
 
 SYMBOL_FRESHNESS = "symbol_freshness"
 PARTITION_TAG = "dagster/partition"

@@ -7,12 +7,12 @@ import numpy as np
 import polars as pl
 import talib
 
+from checks.markets import partition_dates, partitions_def
+from checks.schemas import DAILY_PRICES, INDICATOR_COLUMNS, INDICATORS
 from resources.lake import LakeResource
 
 from .declarative import after_checked_inputs
-from .markets import partition_dates, partitions_def
 from .metadata import session_metadata
-from .schemas import DAILY_PRICES, INDICATOR_COLUMNS, INDICATORS
 
 HISTORY_COLUMNS = ["symbol", "trade_date", "high", "low", "close", "volume"]
 

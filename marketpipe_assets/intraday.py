@@ -11,17 +11,17 @@ from checks.intraday_checks import (
     intraday_rules_result,
     validate_intraday,
 )
+from checks.markets import partition_dates, partitions_def, with_filing
 from checks.price_checks import completeness_by_session
+from checks.schemas import FILED_UNDER, INTRADAY_BARS, conform
 from resources.lake import LakeResource
 from resources.market_data import MarketDataResource
 from resources.sources.base import FallbackSource, intraday_bars
 
-from .markets import partition_dates, partitions_def, with_filing
 from .metadata import accounted, session_metadata
 from .prices import load_universe, provider_pool
 from .publish import publish_if_checks_pass
 from .retries import provider_retries
-from .schemas import FILED_UNDER, INTRADAY_BARS, conform
 
 
 def standardise_intraday(raw: pl.DataFrame) -> pl.DataFrame:

@@ -11,6 +11,16 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
+from checks.greeks import DAYS_PER_YEAR, RISK_FREE_RATE, black_scholes, implied_volatility
+from checks.markets import (
+    MARKETS,
+    is_session,
+    partition_dates,
+    partitions_def,
+    previous_session,
+    session_bounds,
+    with_filing,
+)
 from checks.option_rules import (
     IV_RANGE,
     PARITY_TOLERANCE,
@@ -21,6 +31,14 @@ from checks.option_rules import (
     rules_result,
 )
 from checks.rulebook import session_rule, validate
+from checks.schemas import (
+    FILED_UNDER,
+    OPTION_CHAIN_VENDOR,
+    OPTION_CHAINS,
+    RAW,
+    conform,
+    quarantine_schema,
+)
 from resources.lake import LakeResource
 from resources.market_data import MarketDataResource
 from resources.providers.base import run_sync
@@ -30,28 +48,10 @@ from resources.sources.base import FallbackSource, Source, SourceUnavailable
 from resources.sources.synthetic import SyntheticSource
 from resources.sources.synthetic_options import option_chains
 
-from .greeks import DAYS_PER_YEAR, RISK_FREE_RATE, black_scholes, implied_volatility
-from .markets import (
-    MARKETS,
-    is_session,
-    partition_dates,
-    partitions_def,
-    previous_session,
-    session_bounds,
-    with_filing,
-)
 from .metadata import accounted, run_totals, session_metadata
 from .prices import provider_pool
 from .publish import publish_if_checks_pass
 from .retries import provider_retries
-from .schemas import (
-    FILED_UNDER,
-    OPTION_CHAIN_VENDOR,
-    OPTION_CHAINS,
-    RAW,
-    conform,
-    quarantine_schema,
-)
 
 DATASET = "option_chains"
 log = logging.getLogger(__name__)

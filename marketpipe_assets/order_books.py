@@ -13,6 +13,8 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
+from checks.errors import ConfigurationError
+from checks.markets import partition_dates, partitions_def, with_filing
 from checks.order_book_rules import (
     coverage_by_session,
     coverage_result,
@@ -20,18 +22,17 @@ from checks.order_book_rules import (
     order_book_rules_result,
     validate_order_books,
 )
+from checks.schemas import FILED_UNDER, ORDER_BOOK_LEVELS, ORDER_BOOKS
 from resources.book_spool import BookSpool
+from resources.books import order_book_history
 from resources.lake import LakeResource
 from resources.market_data import MarketDataResource
-from resources.sources.base import ConfigurationError, SourceUnavailable
-from resources.sources.books import order_book_history
+from resources.sources.base import SourceUnavailable
 
-from .markets import partition_dates, partitions_def, with_filing
 from .metadata import accounted, session_metadata
 from .prices import load_universe, provider_pool
 from .publish import publish_if_checks_pass
 from .retries import provider_retries
-from .schemas import FILED_UNDER, ORDER_BOOK_LEVELS, ORDER_BOOKS
 
 DATASET = "order_books"
 INTERVAL_VARIABLE = "MARKETPIPE_ORDER_BOOK_INTERVAL_MINUTES"

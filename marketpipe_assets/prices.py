@@ -7,6 +7,8 @@ import dagster as dg
 import polars as pl
 
 from checks.listing import active_on
+from checks.markets import MARKETS, partition_dates, partitions_def, previous_session, with_filing
+from checks.metadata import markdown_table
 from checks.price_checks import (
     completeness_by_session,
     completeness_result,
@@ -15,16 +17,15 @@ from checks.price_checks import (
     suspicious_jumps_result,
 )
 from checks.rulebook import DAILY_PRICE_RULES, HALTED, session_rule, validate
+from checks.schemas import DAILY_PRICES, FILED_UNDER, UNIVERSE, conform
 from resources.lake import LakeResource
 from resources.market_data import MarketDataResource
 from resources.sources.base import FallbackSource
 from resources.sources.files import FilesSource, SessionUniverse
 
-from .markets import MARKETS, partition_dates, partitions_def, previous_session, with_filing
-from .metadata import accounted, markdown_table, path_value, session_metadata
+from .metadata import accounted, path_value, session_metadata
 from .publish import publish_if_checks_pass
 from .retries import provider_retries
-from .schemas import DAILY_PRICES, FILED_UNDER, UNIVERSE, conform
 
 
 def provider_pool(market: str) -> str:

@@ -31,9 +31,10 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from checks.errors import ConfigurationError
 from resources.providers.errors import ProviderError
 from resources.providers.http import seconds_from_env
-from resources.sources.base import ConfigurationError, SourceUnavailable
+from resources.sources.base import SourceUnavailable
 
 RETRIES_VARIABLE = "MARKETPIPE_STEP_RETRIES"
 DELAY_VARIABLE = "MARKETPIPE_STEP_RETRY_DELAY_SECONDS"

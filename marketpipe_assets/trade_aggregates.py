@@ -27,7 +27,10 @@ import dagster as dg
 import polars as pl
 import pyarrow.parquet as pq
 
+from checks.markets import MARKETS, all_sessions, session_bounds, sessions_between
+from checks.metadata import markdown_table
 from checks.rulebook import Validated
+from checks.schemas import TRADE_AGGREGATES, TRADES
 from checks.trade_checks import (
     drop_exact_duplicates,
     reconcile_result,
@@ -39,10 +42,8 @@ from resources.lake import PART_FILE, LakeResource
 from resources.publishing import Batch
 from resources.trade_spool import read_unflushed
 
-from .markets import MARKETS, all_sessions, session_bounds, sessions_between
-from .metadata import counts_by_session, markdown_table, path_value, per_session, run_totals
+from .metadata import counts_by_session, path_value, per_session, run_totals
 from .publish import publish_if_checks_pass
-from .schemas import TRADE_AGGREGATES, TRADES
 
 DATASET = "trade_aggregates"
 MINUTES_DATASET = "trade_minutes"

@@ -12,10 +12,10 @@ import datetime as dt
 
 import polars as pl
 
+from checks.schemas import TRADE_AGGREGATES, TRADES
 from checks.trade_checks import drop_exact_duplicates, validate_trades
 from resources.lake import LakeResource
 
-from .schemas import TRADE_AGGREGATES, TRADES
 from .trade_aggregates import (
     DATASET,
     HOUR,

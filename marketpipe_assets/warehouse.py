@@ -13,6 +13,7 @@ import dagster as dg
 import polars as pl
 import psycopg2
 
+from checks.markets import MARKETS, partition_dates, partitions_def
 from resources.lake import LakeResource
 from resources.warehouse import (
     TABLES,
@@ -24,7 +25,6 @@ from resources.warehouse import (
 )
 
 from .declarative import after_checked_inputs
-from .markets import MARKETS, partition_dates, partitions_def
 from .metadata import counts_table, run_totals
 
 WAREHOUSE_URL_VARIABLE = "MARKETPIPE_WAREHOUSE_URL"

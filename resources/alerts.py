@@ -29,9 +29,9 @@ from urllib.parse import urlsplit
 import httpx
 import polars as pl
 
+from checks.errors import ConfigurationError
 from resources.lake import LakeResource
 from resources.providers.http import Redactor, seconds_from_env
-from resources.sources.base import ConfigurationError
 
 ALERT_ATTEMPTS = 3
 TIMEOUT = 10.0  # seconds per webhook POST or SMTP conversation

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import polars as pl
 
-from marketpipe_assets.schemas import ORDER_BOOK_SNAPSHOTS
+from checks.schemas import ORDER_BOOK_SNAPSHOTS
 
 DATASET = "order_books"
 DEFAULT_SPOOL_DIR = "data/spool"

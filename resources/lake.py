@@ -23,7 +23,7 @@ import polars as pl
 import pyarrow.parquet as pq
 from pydantic import PrivateAttr
 
-from marketpipe_assets.schemas import quarantine_schema
+from checks.schemas import quarantine_schema
 
 from . import publishing
 from .publishing import Batch

@@ -10,11 +10,12 @@ import dagster as dg
 import fsspec
 import polars as pl
 
-from marketpipe_assets.markets import MARKETS
-from marketpipe_assets.schemas import UNIVERSE, conform
+from checks.errors import ConfigurationError
+from checks.markets import MARKETS
+from checks.schemas import UNIVERSE, conform
 
 from .providers import PROVIDERS
-from .sources.base import ConfigurationError, FallbackSource, Source, SourceError
+from .sources.base import FallbackSource, Source, SourceError
 from .sources.files import FilesSource, read_table_file
 from .sources.synthetic import SyntheticSource
 

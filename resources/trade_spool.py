@@ -24,9 +24,9 @@ from pathlib import Path
 
 import polars as pl
 
-from marketpipe_assets.schemas import TRADES
+from checks.errors import ConfigurationError
+from checks.schemas import TRADES
 from resources.book_spool import spool_dir
-from resources.sources.base import ConfigurationError
 
 DATASET = "trades"
 SYNCHRONOUS_VARIABLE = "MARKETPIPE_SPOOL_SYNCHRONOUS"
@@ -188,7 +188,7 @@ def read_unflushed(market: str, root: str | Path | None = None) -> pl.DataFrame:
     """The market's valid trades still only in the spool (TRADES columns), so that answers
     include the freshest minute; empty when there is no spool. Rows the flusher will quarantine
     are left out, as they will be from the lake."""
-    from resources.collector.rules import check_trades
+    from checks.trade_rules import check_trades
 
     path = spool_path(market, root)
     if not path.exists():

@@ -1,6 +1,6 @@
 """The Postgres warehouse: daily prices and indicators per market, and the bar views over them.
 
-Tables mirror the lake's datasets (marketpipe_assets/schemas.py) plus a `market` column, keyed by
+Tables mirror the lake's datasets (checks/schemas.py) plus a `market` column, keyed by
 (market, symbol, trade_date). A load replaces whole sessions: one DELETE of the sessions and COPY
 of their rows in one transaction, so a re-load is idempotent and a failed one changes nothing.
 Every value travels as a query parameter or COPY data; identifiers come from this module only.
@@ -18,7 +18,7 @@ import polars as pl
 import psycopg2
 from psycopg2 import sql
 
-from marketpipe_assets.schemas import DAILY_PRICES, INDICATORS
+from checks.schemas import DAILY_PRICES, INDICATORS
 
 TABLES: dict[str, pl.Schema] = {"daily_prices": DAILY_PRICES, "indicators": INDICATORS}
 _SQL_TYPES = {

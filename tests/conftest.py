@@ -9,9 +9,9 @@ import dagster as dg
 import polars as pl
 import pytest
 
+from checks.markets import partitions_def
 from marketpipe_assets.automation import RANGE_END_TAG, RANGE_START_TAG
 from marketpipe_assets.definitions import assets
-from marketpipe_assets.markets import partitions_def
 from resources.lake import LakeResource
 from resources.market_data import MarketDataResource
 

@@ -10,14 +10,14 @@ import logging
 import dagster as dg
 import pytest
 
+from checks.errors import ConfigurationError
+from checks.markets import partition_dates, partitions_def
 from marketpipe_assets.alerting import alert_sensors, failure_alerts, ingestion_notifications
 from marketpipe_assets.definitions import assets as defined_assets
-from marketpipe_assets.markets import partition_dates, partitions_def
 from marketpipe_assets.retries import provider_retries
 from resources.alerts import read_failure_log
 from resources.market_data import MarketDataResource
 from resources.providers import breaker as breaker_module
-from resources.sources.base import ConfigurationError
 from tests.conftest import materialize, recent_sessions
 from tests.fakes.krx import API_KEY, FakeKrx
 from tests.fakes.smtp import FakeSmtp

@@ -5,11 +5,11 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
+from checks.markets import partition_dates
+from checks.schemas import DAILY_PRICES, INDICATORS
 from marketpipe_assets.declarative import AUTOMATION_SENSOR
 from marketpipe_assets.definitions import defs
 from marketpipe_assets.indicators import compute_indicators
-from marketpipe_assets.markets import partition_dates
-from marketpipe_assets.schemas import DAILY_PRICES, INDICATORS
 from resources.market_data import MarketDataResource
 from tests.conftest import SYMBOLS, materialize, recent_sessions
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from checks.markets import partition_dates
 from marketpipe_assets.automation import RANGE_END_TAG, RANGE_START_TAG
-from marketpipe_assets.markets import partition_dates
 from resources.lake import LakeResource
 from tests.conftest import cli_environment, recent_sessions
 

@@ -22,12 +22,12 @@ import dagster as dg
 import polars as pl
 import pytest
 
+from checks.markets import all_sessions, session_bounds
+from checks.schemas import TRADE_AGGREGATES, TRADES
+from checks.trade_rules import QUARANTINE, check_trades
 from marketpipe_assets.automation import RANGE_END_TAG, RANGE_START_TAG
-from marketpipe_assets.markets import all_sessions, session_bounds
-from marketpipe_assets.schemas import TRADE_AGGREGATES, TRADES
 from marketpipe_assets.trade_aggregates import hour_key, trade_aggregates_asset
 from resources.collector.formats import parse_finnhub, parse_kis
-from resources.collector.rules import QUARANTINE, check_trades
 from resources.lake import LakeResource
 from resources.trade_spool import ROW_COLUMNS, SPOOL
 from tests.fakes.ws_finnhub import FakeFinnhubWs, finnhub_frame

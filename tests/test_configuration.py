@@ -8,9 +8,10 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from marketpipe_assets.schemas import DAILY_PRICES, UNIVERSE
+from checks.errors import ConfigurationError
+from checks.schemas import DAILY_PRICES, UNIVERSE
 from resources.lake import LakeResource, LakeUnreachable
-from resources.market_data import ConfigurationError, MarketDataResource
+from resources.market_data import MarketDataResource
 from resources.sources.base import FallbackSource, SourceError, SourceUnavailable
 from tests.conftest import market_assets
 

@@ -10,10 +10,10 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
+from checks.markets import is_session, partitions_def
 from checks.rulebook import DAILY_PRICE_RULES, validate
+from checks.schemas import DAILY_PRICES, INDICATORS, UNIVERSE
 from marketpipe_assets.automation import RANGE_START_TAG, market_schedule
-from marketpipe_assets.markets import is_session, partitions_def
-from marketpipe_assets.schemas import DAILY_PRICES, INDICATORS, UNIVERSE
 from resources.lake import LakeResource
 from resources.market_data import MarketDataResource
 from resources.sources.synthetic import SyntheticSource

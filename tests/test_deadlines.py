@@ -11,6 +11,7 @@ import math
 
 import pytest
 
+from checks.errors import ConfigurationError
 from marketpipe_assets.retries import is_retryable
 from resources.collector.feeds import KisFeed
 from resources.providers import breaker as breaker_module
@@ -20,7 +21,7 @@ from resources.providers.errors import DeadlineExceeded, ProviderDown
 from resources.providers.finnhub import FinnhubSource
 from resources.providers.http import ProviderHttp, RetryPolicy, deadline_from_env
 from resources.providers.limiter import SlidingWindowLimiter
-from resources.sources.base import ConfigurationError, SourceUnavailable
+from resources.sources.base import SourceUnavailable
 from tests.conftest import recent_sessions
 from tests.fakes.finnhub import FakeFinnhub, stamp_of
 from tests.fakes.hostile import non_finite

@@ -8,7 +8,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from marketpipe_assets.schemas import DAILY_PRICES
+from checks.schemas import DAILY_PRICES
 from resources.market_data import MarketDataResource
 from resources.providers import breaker as breaker_module
 from resources.providers import limiter as limiter_module

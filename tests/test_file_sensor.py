@@ -10,7 +10,9 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
+from checks.markets import sessions_between
 from checks.price_checks import COMPLETENESS
+from checks.schemas import DAILY_PRICES, RAW
 from marketpipe_assets.automation import (
     LANDING_FILE_TAG,
     RANGE_END_TAG,
@@ -20,8 +22,6 @@ from marketpipe_assets.automation import (
     rejected_file_job,
 )
 from marketpipe_assets.definitions import defs
-from marketpipe_assets.markets import sessions_between
-from marketpipe_assets.schemas import DAILY_PRICES, RAW
 from resources.market_data import MarketDataResource
 from resources.sources.base import SourceError
 from resources.sources.files import FilesSource

@@ -7,7 +7,8 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from checks.ge_check import ge_asset_check
+from checks.markets import MARKETS, partition_dates, partitions_def
+from checks.schemas import DAILY_PRICES, INTRADAY_BARS, UNIVERSE
 from marketpipe_assets.automation import RANGE_END_TAG, RANGE_START_TAG, price_job
 from marketpipe_assets.definitions import assets
 from marketpipe_assets.freshness import (
@@ -22,8 +23,7 @@ from marketpipe_assets.freshness import (
     intraday_freshness_result,
     with_freshness,
 )
-from marketpipe_assets.markets import MARKETS, partition_dates, partitions_def
-from marketpipe_assets.schemas import DAILY_PRICES, INTRADAY_BARS, UNIVERSE
+from marketpipe_assets.ge_check import ge_asset_check
 from resources.market_data import MarketDataResource
 
 UTC = dt.UTC

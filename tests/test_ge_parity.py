@@ -9,11 +9,11 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from checks.ge_check import GREAT_EXPECTATIONS, ge_asset_check
 from checks.ge_suite import build_suite, ge_unexpected_rows, ge_violation_counts
 from checks.rulebook import DAILY_PRICE_RULES, REQUIRED_COLUMNS, validate
+from checks.schemas import DAILY_PRICES
+from marketpipe_assets.ge_check import GREAT_EXPECTATIONS, ge_asset_check
 from marketpipe_assets.prices import standardise
-from marketpipe_assets.schemas import DAILY_PRICES
 from resources.market_data import MarketDataResource
 from tests.conftest import market_assets, materialize, recent_sessions
 
@@ -100,7 +100,7 @@ def violation_frame() -> pl.DataFrame:
 def test_importing_the_project_does_not_import_great_expectations():
     code = (
         "import sys\n"
-        "import checks.ge_suite, checks.ge_check, marketpipe_assets.definitions\n"
+        "import checks.ge_suite, marketpipe_assets.ge_check, marketpipe_assets.definitions\n"
         "assert 'great_expectations' not in sys.modules, 'imported at module load'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])

@@ -20,10 +20,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from checks.markets import holidays, sessions_between
 from checks.rulebook import DAILY_PRICE_RULES, session_rule, validate
-from marketpipe_assets.markets import holidays, sessions_between
+from checks.schemas import RAW
 from marketpipe_assets.prices import standardise
-from marketpipe_assets.schemas import RAW
 from resources.providers import breaker as breaker_module
 from resources.providers import limiter as limiter_module
 from resources.providers.finnhub import FinnhubSource

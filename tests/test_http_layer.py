@@ -12,6 +12,7 @@ import uuid
 import pytest
 from tenacity import RetryCallState
 
+from checks.errors import ConfigurationError
 from resources.providers.breaker import CircuitBreaker
 from resources.providers.errors import (
     BadRequest,
@@ -22,7 +23,7 @@ from resources.providers.errors import (
 )
 from resources.providers.http import MAX_RETRY_AFTER, ProviderHttp, RetryPolicy
 from resources.providers.limiter import SlidingWindowLimiter, shared_limiter
-from resources.sources.base import ConfigurationError, SourceUnavailable
+from resources.sources.base import SourceUnavailable
 from tests.fakes.server import FakeProvider, Reply, Request
 
 PATH = "/v1/quote"

@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 
-from marketpipe_assets.greeks import IV_SEARCH_MAX, black_scholes, implied_volatility
+from checks.greeks import IV_SEARCH_MAX, black_scholes, implied_volatility
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)

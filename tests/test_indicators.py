@@ -8,8 +8,8 @@ import polars as pl
 import pytest
 import talib
 
+from checks.schemas import DAILY_PRICES, INDICATOR_COLUMNS, INDICATORS
 from marketpipe_assets.indicators import compute_indicators
-from marketpipe_assets.schemas import DAILY_PRICES, INDICATOR_COLUMNS, INDICATORS
 from resources.lake import LakeResource
 from resources.market_data import MarketDataResource
 from tests.conftest import materialize, recent_sessions

@@ -17,8 +17,8 @@ from checks.intraday_checks import (
     INTRADAY_PRICE_RULES_CHECK,
     validate_intraday,
 )
-from marketpipe_assets.markets import session_bounds
-from marketpipe_assets.schemas import INTRADAY_BARS
+from checks.markets import session_bounds
+from checks.schemas import INTRADAY_BARS
 from resources.market_data import MarketDataResource
 from resources.sources.base import FallbackSource, SourceUnavailable, intraday_bars
 from resources.sources.synthetic import SyntheticSource

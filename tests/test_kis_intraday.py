@@ -11,8 +11,8 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from marketpipe_assets.markets import session_bounds, sessions_between
-from marketpipe_assets.schemas import INTRADAY_BARS
+from checks.markets import session_bounds, sessions_between
+from checks.schemas import INTRADAY_BARS
 from resources.providers import kis
 from tests import test_provider_kis as kis_tests
 from tests.conftest import materialize, recent_sessions

@@ -19,7 +19,7 @@ import pytest
 import s3fs
 from polars.testing import assert_frame_equal
 
-from marketpipe_assets.schemas import DAILY_PRICES, INDICATORS
+from checks.schemas import DAILY_PRICES, INDICATORS
 from resources.lake import LakeResource, LakeUnreachable
 from resources.market_data import MarketDataResource
 from tests.conftest import materialize, recent_sessions

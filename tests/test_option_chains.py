@@ -7,6 +7,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from checks.greeks import black_scholes
 from checks.option_rules import (
     OPTION_RULES,
     missing_underlyings,
@@ -15,9 +16,8 @@ from checks.option_rules import (
     rules_result,
 )
 from checks.rulebook import validate
-from marketpipe_assets.greeks import black_scholes
+from checks.schemas import OPTION_CHAINS
 from marketpipe_assets.options import derive, fetch
-from marketpipe_assets.schemas import OPTION_CHAINS
 from resources.market_data import MarketDataResource
 from resources.sources.base import FallbackSource, SourceUnavailable
 from resources.sources.synthetic import SyntheticSource

@@ -15,6 +15,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
+from checks.markets import capture_slots, partition_dates, session_bounds
 from checks.order_book_rules import (
     ORDER_BOOK_RULES,
     ORDER_BOOK_RULES_CHECK,
@@ -22,10 +23,9 @@ from checks.order_book_rules import (
     order_book_rules_result,
     validate_order_books,
 )
+from checks.schemas import ORDER_BOOK_SNAPSHOTS, ORDER_BOOKS
 from marketpipe_assets.book_capture import capture, capture_job, capture_schedule
-from marketpipe_assets.markets import capture_slots, partition_dates, session_bounds
 from marketpipe_assets.order_books import with_derived
-from marketpipe_assets.schemas import ORDER_BOOK_SNAPSHOTS, ORDER_BOOKS
 from resources.book_spool import BookSpool
 from resources.market_data import MarketDataResource
 from resources.sources.synthetic import SyntheticSource
@@ -274,7 +274,7 @@ CAPTURE_SCRIPT = textwrap.dedent(
     """
     import datetime as dt, sys
     from marketpipe_assets.book_capture import capture
-    from marketpipe_assets.markets import capture_slots
+    from checks.markets import capture_slots
     from resources.book_spool import BookSpool
     from resources.lake import LakeResource
     from resources.market_data import MarketDataResource

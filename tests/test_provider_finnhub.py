@@ -15,15 +15,16 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from marketpipe_assets.markets import sessions_between
-from marketpipe_assets.schemas import DAILY_PRICES, UNIVERSE
+from checks.errors import ConfigurationError
+from checks.markets import sessions_between
+from checks.schemas import DAILY_PRICES, UNIVERSE
 from resources.market_data import MarketDataResource
 from resources.providers import breaker as breaker_module
 from resources.providers import finnhub
 from resources.providers import limiter as limiter_module
 from resources.providers.errors import NotFound
 from resources.providers.http import RetryPolicy
-from resources.sources.base import ConfigurationError, SourceError
+from resources.sources.base import SourceError
 from tests.conftest import materialize, recent_sessions, rejected_rows
 from tests.fakes.finnhub import FakeFinnhub
 from tests.metadata_values import run_metadata

@@ -21,15 +21,16 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from marketpipe_assets.markets import sessions_between
-from marketpipe_assets.schemas import DAILY_PRICES
+from checks.errors import ConfigurationError
+from checks.markets import sessions_between
+from checks.schemas import DAILY_PRICES
 from resources.lake import LakeResource
 from resources.market_data import MarketDataResource
 from resources.providers import kis
 from resources.providers.breaker import shared_breaker
 from resources.providers.errors import NotFound, ProviderDown
 from resources.providers.http import RetryPolicy
-from resources.sources.base import ConfigurationError, SourceError
+from resources.sources.base import SourceError
 from resources.sources.synthetic import SyntheticSource
 from tests.conftest import materialize, recent_sessions
 from tests.fakes.kis import (

@@ -10,11 +10,12 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from marketpipe_assets.schemas import DAILY_PRICES
+from checks.errors import ConfigurationError
+from checks.schemas import DAILY_PRICES
 from resources.market_data import MarketDataResource
 from resources.providers import breaker, krx, limiter
 from resources.providers.errors import SchemaDrift
-from resources.sources.base import ConfigurationError, SourceError
+from resources.sources.base import SourceError
 from resources.sources.synthetic import SyntheticSource
 from tests.conftest import materialize, recent_sessions, rejected_rows
 from tests.fakes.krx import API_KEY, LISTING, FakeKrx

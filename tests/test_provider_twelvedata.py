@@ -13,11 +13,12 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from marketpipe_assets.schemas import DAILY_PRICES, INTRADAY_BARS, quarantine_schema
+from checks.errors import ConfigurationError
+from checks.schemas import DAILY_PRICES, INTRADAY_BARS, quarantine_schema
 from resources.market_data import MarketDataResource
 from resources.providers import breaker, limiter, twelvedata
 from resources.providers.errors import Unauthorized
-from resources.sources.base import ConfigurationError, SourceError
+from resources.sources.base import SourceError
 from resources.sources.synthetic import SyntheticSource
 from tests.conftest import materialize, recent_sessions, rejected_rows
 from tests.fakes.twelvedata import API_KEY, RATE_LIMIT_BODY, FakeTwelveData

@@ -15,10 +15,10 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from marketpipe_assets.greeks import RISK_FREE_RATE
-from marketpipe_assets.markets import sessions_between
+from checks.greeks import RISK_FREE_RATE
+from checks.markets import sessions_between
+from checks.schemas import DAILY_PRICES, OPTION_CHAINS, UNIVERSE, quarantine_schema
 from marketpipe_assets.options import derive, live_session
-from marketpipe_assets.schemas import DAILY_PRICES, OPTION_CHAINS, UNIVERSE, quarantine_schema
 from resources.market_data import MarketDataResource
 from resources.providers import breaker as breaker_module
 from resources.providers import limiter as limiter_module

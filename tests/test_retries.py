@@ -5,6 +5,7 @@ import time
 import dagster as dg
 import pytest
 
+from checks.errors import ConfigurationError
 from marketpipe_assets.retries import StepRetrySchedule, is_retryable, provider_retries
 from resources.providers.errors import (
     NotFound,
@@ -13,7 +14,7 @@ from resources.providers.errors import (
     SchemaDrift,
     Unauthorized,
 )
-from resources.sources.base import ConfigurationError, SourceUnavailable
+from resources.sources.base import SourceUnavailable
 
 # Seconds-scale schedule: 0.2 s doubling, capped at 0.3 s, no jitter, so waits are exact.
 FAST = {

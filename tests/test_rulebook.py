@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from checks.rulebook import DAILY_PRICE_RULES, REQUIRED_COLUMNS, day_over_day_jumps, validate
-from marketpipe_assets.schemas import DAILY_PRICES, RAW
+from checks.schemas import DAILY_PRICES, RAW
 
 DAY = dt.date(2026, 3, 2)
 RULES = [r.name for r in DAILY_PRICE_RULES]

@@ -6,9 +6,9 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 import pytest
 
+from checks.markets import MARKETS, is_session, partitions_def
 from marketpipe_assets.automation import market_schedule
 from marketpipe_assets.definitions import defs
-from marketpipe_assets.markets import MARKETS, is_session, partitions_def
 from resources.market_data import MarketDataResource
 from tests.conftest import SYMBOLS, materialize
 

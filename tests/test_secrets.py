@@ -16,8 +16,8 @@ import dagster as dg
 import polars as pl
 import pytest
 
+from checks.schemas import UNIVERSE
 from marketpipe_assets.alerting import failure_alerts
-from marketpipe_assets.schemas import UNIVERSE
 from resources.collector.feeds import KisFeed
 from resources.market_data import MarketDataResource
 from resources.providers import breaker as breaker_module

@@ -10,8 +10,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from checks.schemas import DAILY_PRICES, INDICATORS
 from marketpipe_assets.definitions import defs
-from marketpipe_assets.schemas import DAILY_PRICES, INDICATORS
 from resources.lake import LakeResource
 from tests.conftest import materialize, recent_sessions
 from tests.deployment import clean_env, free_port

@@ -7,9 +7,9 @@ import dagster as dg
 import polars as pl
 import pytest
 
+from checks.schemas import TRADE_AGGREGATES, TRADES
 from checks.trade_checks import AGGREGATES_RECONCILE, TRADE_RULES_CHECK, reconcile_result
 from marketpipe_assets.automation import RANGE_END_TAG, RANGE_START_TAG
-from marketpipe_assets.schemas import TRADE_AGGREGATES, TRADES
 from marketpipe_assets.trade_aggregates import (
     AGGREGATE_SOURCES,
     DATASET,

@@ -11,8 +11,8 @@ import dagster as dg
 import polars as pl
 import pytest
 
+from checks.schemas import TRADES
 from marketpipe_assets import trade_queries as q
-from marketpipe_assets.schemas import TRADES
 from marketpipe_assets.trade_aggregates import trade_aggregates_asset
 from resources.trade_spool import TradeSpool, spool_path
 

@@ -15,8 +15,8 @@ import polars as pl
 import s3fs
 from moto.server import ThreadedMotoServer
 
-from marketpipe_assets.markets import all_sessions, session_bounds
-from marketpipe_assets.schemas import TRADES
+from checks.markets import all_sessions, session_bounds
+from checks.schemas import TRADES
 from resources.collector.flusher import Flusher
 from resources.lake import LakeResource
 from resources.providers.http import RetryPolicy

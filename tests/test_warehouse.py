@@ -10,9 +10,9 @@ import polars as pl
 import psycopg2
 import pytest
 
+from checks.markets import partition_dates
+from checks.schemas import DAILY_PRICES, INDICATORS
 from marketpipe_assets.automation import RANGE_END_TAG, RANGE_START_TAG
-from marketpipe_assets.markets import partition_dates
-from marketpipe_assets.schemas import DAILY_PRICES, INDICATORS
 from marketpipe_assets.warehouse import MATCHES_LAKE, warehouse_asset
 from resources.warehouse import TABLES, WarehouseResource
 from tests.conftest import materialize, recent_sessions

@@ -13,7 +13,7 @@ from urllib.parse import quote
 import httpx
 import websockets
 
-from marketpipe_assets.markets import MARKETS, all_sessions, session_bounds
+from checks.markets import MARKETS, all_sessions, session_bounds
 from resources.providers.base import required_env
 from resources.providers.http import DEADLINE_VARIABLE, Redactor, deadline_from_env
 from resources.providers.values import SEOUL

@@ -25,12 +25,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from marketpipe_assets.schemas import TRADES
+from checks.schemas import TRADES
+from checks.trade_rules import QUARANTINE, SESSION, check_trades
 from resources.lake import LakeResource
 from resources.providers.http import RetryPolicy
 from resources.trade_spool import DATASET, TradeSpool
-
-from .rules import QUARANTINE, SESSION, check_trades
 
 logger = logging.getLogger("marketpipe.collector.flusher")
 PRUNE_EVERY_SECONDS = 3_600.0

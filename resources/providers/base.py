@@ -14,8 +14,9 @@ from typing import ClassVar, TypeVar
 
 import polars as pl
 
-from marketpipe_assets.schemas import DAILY_PRICES
-from resources.sources.base import ConfigurationError, SourceError
+from checks.errors import ConfigurationError
+from checks.schemas import DAILY_PRICES
+from resources.sources.base import SourceError
 
 from .errors import NotFound
 

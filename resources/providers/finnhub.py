@@ -18,9 +18,10 @@ Answers and what they become:
   again), 429 `RateLimited` and 5xx retried, then `ProviderDown` (a fallback chain moves on).
 - anything else (a missing array, arrays of different lengths): `SchemaDrift`, not retried.
 
-A session's candle is stored only once the session has closed (16:00 New York, by the wall
-clock): while it trades, Finnhub's candle of the day is the day so far, not the session's bar.
-The symbol then counts as missing for that session until a run after the close.
+A session's candle is stored only once the session has closed (the exchange calendar's close, 16:00
+New York or 13:00 on a half day, by the wall clock): while it trades, Finnhub's candle of the day
+is the day so far, not the session's bar. The symbol then counts as missing for that session until
+a run after the close.
 
 Candle timestamps: Finnhub stamped daily candles at the session open (09:30 New York) until
 mid-2021 and at 00:00 UTC of the session date since (finnhubio/Finnhub-API#449). A stamp at
@@ -40,21 +41,21 @@ from typing import Any
 
 import polars as pl
 
-from marketpipe_assets.schemas import DAILY_PRICES
-from resources.sources.base import ConfigurationError
+from checks.errors import ConfigurationError
+from checks.schemas import DAILY_PRICES
 
 from .base import OneMarketDailyBars, fetch_all, no_listing, rate_limit, required_env
 from .errors import BadRequest, NotFound, Unauthorized
 from .http import ProviderHttp, RetryPolicy
 from .values import (
     NEW_YORK,
-    US_CLOSE,
     bar_columns,
     date_of,
     epoch,
     evidence,
     served,
     unread_numbers,
+    us_close,
 )
 
 PROVIDER = "finnhub"
@@ -199,7 +200,7 @@ class FinnhubSource(OneMarketDailyBars):
                 outside,
             )
         # A running session's candle is the day so far, not the session's bar.
-        running = {d for d in wanted if epoch(d, US_CLOSE, NEW_YORK) > self._clock()}
+        running = {d for d in wanted if us_close(d) > self._clock()}
         if running and frame["trade_date"].is_in(list(running)).any():
             log.warning(
                 "finnhub %s: bars of sessions not closed yet (%s) not stored",

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from resources.sources.base import ConfigurationError
+from checks.errors import ConfigurationError
 
 from .base import credential_id
 from .breaker import CircuitBreaker, shared_breaker

@@ -29,17 +29,18 @@ from typing import Any
 import httpx
 import polars as pl
 
+from checks.errors import ConfigurationError
 from checks.intraday_checks import SESSION_CLOSE, SESSION_OPEN, session_table
+from checks.markets import is_session, session_bounds
 from checks.rulebook import OHLCV_RULES
-from marketpipe_assets.markets import is_session, session_bounds
-from marketpipe_assets.schemas import (
+from checks.schemas import (
     INTRADAY_BAR_MINUTES,
     INTRADAY_BARS,
     ORDER_BOOK_SNAPSHOTS,
     PRICE_COLUMNS,
     with_evidence,
 )
-from resources.sources.base import ConfigurationError, SourceUnavailable
+from resources.sources.base import SourceUnavailable
 
 from .base import (
     OneMarketDailyBars,

@@ -34,8 +34,8 @@ from typing import Any, ClassVar
 
 import polars as pl
 
-from marketpipe_assets import markets
-from marketpipe_assets.schemas import DAILY_PRICES, PRICE_COLUMNS, RAW, UNIVERSE, with_evidence
+from checks import markets
+from checks.schemas import DAILY_PRICES, PRICE_COLUMNS, RAW, UNIVERSE, with_evidence
 from resources.sources.base import SourceError
 
 from .base import OneMarketDailyBars, bars_by_date, rate_limit, required_env, run_sync

@@ -23,8 +23,8 @@ from typing import Any, ClassVar
 
 import polars as pl
 
-from marketpipe_assets.schemas import DAILY_PRICES, PRICE_COLUMNS, RAW, with_evidence
-from marketpipe_assets.schemas import INTRADAY_BARS as SESSION_INTRADAY_BARS
+from checks.schemas import DAILY_PRICES, PRICE_COLUMNS, RAW, with_evidence
+from checks.schemas import INTRADAY_BARS as SESSION_INTRADAY_BARS
 
 from .base import (
     OneMarketDailyBars,
@@ -37,7 +37,7 @@ from .base import (
 )
 from .errors import BadRequest, NotFound, ProviderError, RateLimited, Unauthorized
 from .http import ProviderHttp, RetryPolicy
-from .values import US_CLOSE, parse_number, served
+from .values import parse_number, served, us_close
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +159,9 @@ class TwelveDataSource(OneMarketDailyBars):
         return parse_values(values, symbol), meta.get("exchange_timezone") or EXCHANGE_TZ
 
     def _last_closed_session_day(self) -> dt.date:
-        now = self.now().astimezone(zoneinfo.ZoneInfo(EXCHANGE_TZ))
-        return now.date() if now.time() >= US_CLOSE else now.date() - dt.timedelta(days=1)
+        now = self.now()
+        today = now.astimezone(zoneinfo.ZoneInfo(EXCHANGE_TZ)).date()
+        return today if now.timestamp() >= us_close(today) else today - dt.timedelta(days=1)
 
     async def _daily_symbol(
         self, http: ProviderHttp, symbol: str, days: list[dt.date]

@@ -10,14 +10,14 @@ from zoneinfo import ZoneInfo
 
 import polars as pl
 
-from marketpipe_assets.markets import is_session
-from marketpipe_assets.schemas import RAW
+from checks.markets import is_session, session_bounds
+from checks.schemas import RAW
 
 NEW_YORK = ZoneInfo("America/New_York")
 SEOUL = ZoneInfo("Asia/Seoul")
-# The latest regular close of a US session (half days close at 13:00): a bar counts as final
-# only after it, so waiting for it never stores a partial bar.
-US_CLOSE = dt.time(16, 0)
+# The latest regular close of a US session: the close assumed for a day the calendar does not
+# list as a session (a weekend, a holiday, beyond its end), so a bar of it is final only after it.
+LATEST_US_CLOSE = dt.time(16, 0)
 
 
 def number_text(column: str) -> pl.Expr:
@@ -89,6 +89,15 @@ def evidence(*per_bar: list[dict[str, str]]) -> pl.Series:
 def epoch(day: dt.date, at: dt.time, zone: dt.tzinfo) -> int:
     """Epoch seconds of `day` at the wall-clock time `at` in `zone`."""
     return int(dt.datetime.combine(day, at, zone).timestamp())
+
+
+def us_close(day: dt.date) -> int:
+    """Epoch seconds of the close of the US session on `day`, from the exchange calendar (13:00
+    New York on a half day): a bar of it counts as final only after it, so waiting for it never
+    stores a partial bar. LATEST_US_CLOSE on a day that is not a session."""
+    if is_session("us", day):
+        return int(session_bounds("us", day)[1].timestamp())
+    return epoch(day, LATEST_US_CLOSE, NEW_YORK)
 
 
 def date_of(stamp: int | float, zone: dt.tzinfo) -> dt.date:

@@ -18,10 +18,11 @@ The partial bar of a running session. While a session trades, Yahoo returns its 
 stamped at the last trade (`meta.regularMarketTime`, e.g. 1766437206 = 16:00:06) instead of the
 open. The rule: **a bar is stored only when its session has closed** when the answer arrives,
 that is when the session's close is at or before max(our clock, `meta.regularMarketTime`).
-The close is `meta.currentTradingPeriod.regular.end` when that period is the bar's session (so
-early closes count) and 16:00 New York otherwise. A bar of a running session is dropped, whatever
-its stamp, and its symbol counts as missing for that session (the completeness check says so);
-the 18:00 run, or any re-run after the close, stores the final bar. When Yahoo sends two bars for
+The close is `meta.currentTradingPeriod.regular.end` when that period is the bar's session, and
+the exchange calendar's close otherwise (so early closes count: 13:00 New York on a half day). A
+bar of a running session is dropped, whatever its stamp, and its symbol counts as missing for
+that session (the completeness check says so); the 18:00 run, or any re-run after the close,
+stores the final bar. When Yahoo sends two bars for
 one session (an open-stamped and a live one), the later stamp wins.
 
 Answers and what they become: HTTP 404 `{"chart":{"result":null,"error":{...}}}` or a
@@ -64,15 +65,14 @@ from urllib.parse import quote as url_quote
 
 import polars as pl
 
-from marketpipe_assets.schemas import DAILY_PRICES, OPTION_CHAIN_VENDOR, RAW
-from resources.sources.base import ConfigurationError
+from checks.errors import ConfigurationError
+from checks.schemas import DAILY_PRICES, OPTION_CHAIN_VENDOR, RAW
 
 from .base import OneMarketDailyBars, fetch_all, no_listing, rate_limit
 from .errors import BadRequest, NotFound, ProviderDown, ProviderError, RateLimited, Unauthorized
 from .http import ProviderHttp, RetryPolicy, retry_after_seconds
 from .values import (
     NEW_YORK,
-    US_CLOSE,
     bar_columns,
     date_of,
     dates_of,
@@ -80,6 +80,7 @@ from .values import (
     evidence,
     served,
     unread_numbers,
+    us_close,
 )
 
 PROVIDER = "yahoo"
@@ -322,7 +323,7 @@ class YahooSource(OneMarketDailyBars):
         numbers = isinstance(start, int | float) and isinstance(end, int | float)
         if numbers and date_of(start, NEW_YORK) == day:
             return int(end)
-        return epoch(day, US_CLOSE, NEW_YORK)
+        return us_close(day)
 
     def _bars(
         self, http: ProviderHttp, endpoint: str, symbol: str, result: dict

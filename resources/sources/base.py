@@ -9,10 +9,6 @@ from typing import Protocol
 import polars as pl
 
 
-class ConfigurationError(ValueError):
-    """A setting is wrong; the message names the variable and what to do."""
-
-
 class SourceUnavailable(RuntimeError):
     """The source cannot serve now (down, circuit open, live-only); a chain moves on."""
 

@@ -23,8 +23,8 @@ from zoneinfo import ZoneInfo
 import fsspec
 import polars as pl
 
-from marketpipe_assets.markets import MARKETS, all_sessions, latest_on_or_before
-from marketpipe_assets.schemas import DAILY_PRICES, RAW, UNIVERSE, conform
+from checks.markets import MARKETS, all_sessions, latest_on_or_before
+from checks.schemas import DAILY_PRICES, RAW, UNIVERSE, conform
 
 from .base import SourceError, SourceUnavailable
 from .landing_files import RejectedFile, SessionUniverse, read_landing_file, session_universe

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import fsspec
 import polars as pl
 
-from marketpipe_assets.schemas import DAILY_PRICES, PRICE_COLUMNS, conform
+from checks.schemas import DAILY_PRICES, PRICE_COLUMNS, conform
 
 from .base import SourceError
 

@@ -17,17 +17,19 @@ import numpy as np
 import polars as pl
 from scipy.signal import lfilter
 
+from checks import markets
 from checks.listing import BEFORE_HISTORY
-from marketpipe_assets import markets
-from marketpipe_assets.schemas import (
+from checks.schemas import (
     DAILY_PRICES,
     INTRADAY_BAR_MINUTES,
     INTRADAY_BARS,
     UNIVERSE,
 )
 
+from .synthetic_books import order_book_history as synthetic_order_books
+from .synthetic_draws import hashes, shocks, uniform_pair, uniforms
+
 EPOCH = dt.date(2010, 1, 1)
-_MARKET_IDS = {"krx": 1, "us": 2}
 # Hash streams: each kind of draw has its own so adding one never shifts another.
 _RET, _GAP_HIGH, _LOW_VOL, _MISS_BAD, _P0, _SIGMA, _VBASE, _LIST, _DELIST = range(9)
 # Intraday streams, after the daily ones so those never shift.
@@ -38,45 +40,6 @@ _VOLUME_BAND = {"krx": (20_000.0, 5_000_000.0), "us": (200_000.0, 20_000_000.0)}
 _REVERSION = 0.998  # AR(1) coefficient of log price around its start: long-run sd ~ 16 sigma
 _BAD_KINDS = ("high_below_low", "close_above_high", "negative_volume", "zero_close",
               "missing_close", "duplicate")  # fmt: skip
-_LOW32 = np.uint64(0xFFFFFFFF)
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser: a well-spread 64-bit hash of each element."""
-    x ^= x >> np.uint64(30)
-    x *= np.uint64(0xBF58476D1CE4E5B9)
-    x ^= x >> np.uint64(27)
-    x *= np.uint64(0x94D049BB133111EB)
-    x ^= x >> np.uint64(31)
-    return x
-
-
-def hashes(seed: int, market: str, stream: int, symbols: np.ndarray, sessions: np.ndarray):
-    """64-bit hashes of shape (len(symbols), len(sessions)), a pure function of the key."""
-    with np.errstate(over="ignore"):
-        key = np.uint64(seed) * np.uint64(1_000_003) + np.uint64(_MARKET_IDS[market] * 64 + stream)
-        sym = _mix(key ^ (symbols.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)))
-        return _mix(
-            sym[:, None] + sessions.astype(np.uint64)[None, :] * np.uint64(0xD1B54A32D192ED03)
-        )
-
-
-def uniform_pair(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Two independent U(0,1) draws from the two halves of each hash."""
-    scale = 1.0 / 2**32
-    return ((h >> np.uint64(32)).astype(np.uint32) + 0.5) * scale, (
-        (h & _LOW32).astype(np.uint32) + 0.5
-    ) * scale
-
-
-def uniforms(*key) -> np.ndarray:
-    return uniform_pair(hashes(*key))[0]
-
-
-def shocks(u: np.ndarray) -> np.ndarray:
-    """Unit-variance logistic draws: bell-shaped with the fatter tails real returns have, and
-    an order of magnitude cheaper than the normal quantile."""
-    return np.log(u / (1.0 - u)) * (np.sqrt(3.0) / np.pi)
 
 
 def _ticker(i: int, market: str) -> str:
@@ -347,6 +310,4 @@ class SyntheticSource:
     ) -> pl.DataFrame:
         """10-level snapshots at every capture slot of past or present sessions, or only at
         the slot `at` (a live capture's view)."""
-        from .synthetic_books import order_book_history
-
-        return order_book_history(self, market, sessions, symbols, interval_minutes, at=at)
+        return synthetic_order_books(self, market, sessions, symbols, interval_minutes, at=at)

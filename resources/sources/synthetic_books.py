@@ -19,11 +19,11 @@ from collections.abc import Sequence
 import numpy as np
 import polars as pl
 
-from marketpipe_assets import markets
-from marketpipe_assets.markets import capture_slots
-from marketpipe_assets.schemas import ORDER_BOOK_LEVELS, ORDER_BOOK_SNAPSHOTS
+from checks import markets
+from checks.markets import capture_slots
+from checks.schemas import ORDER_BOOK_LEVELS, ORDER_BOOK_SNAPSHOTS
 
-from .synthetic import SyntheticSource, hashes, shocks, uniform_pair, uniforms
+from .synthetic_draws import hashes, shocks, uniform_pair, uniforms
 
 DEFECTS = ("crossed", "unordered_levels", "negative_size", "missing_level", "outside_session")
 _MID, _SPREAD_THIN, _SIZE, _MISS_BAD, _KIND = range(30, 35)
@@ -41,7 +41,7 @@ def tick_size(market: str, price: np.ndarray) -> np.ndarray:
 
 
 def order_book_history(
-    source: SyntheticSource,
+    source,
     market: str,
     sessions: Sequence[dt.date],
     symbols: Sequence[str],
@@ -49,8 +49,9 @@ def order_book_history(
     *,
     at: dt.datetime | None = None,
 ) -> pl.DataFrame:
-    """Snapshots of `symbols` at every capture slot of `sessions` (ORDER_BOOK_SNAPSHOTS), or
-    only at the slot `at` (what a live capture at that time would see)."""
+    """Snapshots of `symbols` from the synthetic `source` (a SyntheticSource, whose bars they
+    follow) at every capture slot of `sessions` (ORDER_BOOK_SNAPSHOTS), or only at the slot `at`
+    (what a live capture at that time would see)."""
     chosen = source.select(market, sessions, symbols)
     if chosen is None:
         return pl.DataFrame(schema=ORDER_BOOK_SNAPSHOTS)

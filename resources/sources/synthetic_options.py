@@ -17,10 +17,11 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import polars as pl
 
-from marketpipe_assets.greeks import DAYS_PER_YEAR, RISK_FREE_RATE, black_scholes
-from marketpipe_assets.schemas import OPTION_CHAIN_VENDOR
+from checks.greeks import DAYS_PER_YEAR, RISK_FREE_RATE, black_scholes
+from checks.schemas import OPTION_CHAIN_VENDOR
 
-from .synthetic import EPOCH, hashes, uniform_pair
+from .synthetic import EPOCH
+from .synthetic_draws import hashes, uniform_pair
 
 HORIZON_DAYS = 90
 DEFECTS = ("bid_above_ask", "negative_bid", "zero_strike", "expired", "iv_out_of_range",

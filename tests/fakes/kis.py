@@ -32,7 +32,7 @@ from zoneinfo import ZoneInfo
 
 import polars as pl
 
-from marketpipe_assets.markets import all_sessions, is_session, session_bounds
+from checks.markets import all_sessions, is_session, session_bounds
 
 from .server import FakeProvider, Reply, Request
 

@@ -30,8 +30,8 @@ import zoneinfo
 
 import polars as pl
 
-from marketpipe_assets.markets import all_sessions
-from marketpipe_assets.schemas import DAILY_PRICES
+from checks.markets import all_sessions
+from checks.schemas import DAILY_PRICES
 
 from .server import FakeProvider, Reply, Request
 

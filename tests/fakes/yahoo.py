@@ -47,8 +47,8 @@ from zoneinfo import ZoneInfo
 
 import polars as pl
 
-from marketpipe_assets.markets import all_sessions
-from marketpipe_assets.schemas import DAILY_PRICES
+from checks.markets import all_sessions
+from checks.schemas import DAILY_PRICES
 from resources.providers.yahoo import OPTION_CHAIN
 
 from .finnhub import hashed_bar

@@ -1,4 +1,4 @@
-"""The rules a trade obeys at ingest, as data (checks/rulebook.py), and the split of a spooled
+"""The rules a trade obeys at ingest, as data (rulebook.py), and the split of a spooled
 batch into clean trades and quarantined rows.
 
 A replayed trade is not a broken one: the spool's unique identity already drops it, so there is
@@ -13,7 +13,9 @@ import os
 
 import polars as pl
 
-from checks.rulebook import (
+from .errors import ConfigurationError
+from .markets import MARKETS, is_session, session_bounds
+from .rulebook import (
     AtLeast,
     NotNull,
     Rule,
@@ -23,9 +25,7 @@ from checks.rulebook import (
     named_rule,
     validate,
 )
-from marketpipe_assets.markets import MARKETS, is_session, session_bounds
-from marketpipe_assets.schemas import TRADES, quarantine_schema
-from resources.sources.base import ConfigurationError
+from .schemas import TRADES, quarantine_schema
 
 SESSION = "session"  # the session date a row belongs to: its partition
 LOW, HIGH = "_session_low", "_session_high"

@@ -107,7 +107,7 @@ OPTION_CHAIN_VENDOR = pl.Schema(
 OPTION_CHAINS = pl.Schema(
     {
         **OPTION_CHAIN_VENDOR,
-        # Derived (marketpipe_assets/greeks.py): theta per calendar day, vega per vol point.
+        # Derived (checks/greeks.py): theta per calendar day, vega per vol point.
         **{c: pl.Float64 for c in ("mid", "spread", "days_to_expiry", "moneyness")},
         **{c: pl.Float64 for c in ("delta", "gamma", "theta", "vega")},
     }

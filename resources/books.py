@@ -8,9 +8,10 @@ from collections.abc import Sequence
 
 import polars as pl
 
-from marketpipe_assets.schemas import ORDER_BOOK_SNAPSHOTS
+from checks.schemas import ORDER_BOOK_SNAPSHOTS
 
-from .base import FallbackSource, SourceUnavailable
+from .providers.base import fetch_all, run_sync
+from .sources.base import FallbackSource, SourceUnavailable
 
 LIVE_CONCURRENCY = 8  # books in flight at once from a live provider (its limiter still rules)
 
@@ -56,7 +57,6 @@ def order_books_at(
     served = getattr(source, "market", market)
     if served != market:
         raise SourceUnavailable(f"the {source.name} source serves {served!r} books, not {market!r}")
-    from resources.providers.base import fetch_all, run_sync
 
     async def capture():
         async with source:  # one pooled client for every symbol's request

@@ -18,12 +18,11 @@ import warnings
 import dagster as dg
 import polars as pl
 
-from marketpipe_assets.markets import partitions_def, sessions_between
-from marketpipe_assets.schemas import DAILY_PRICES, RAW
+from checks.ge_suite import ge_version, ge_violation_counts
+from checks.markets import partitions_def, sessions_between
+from checks.rulebook import DAILY_PRICE_RULES
+from checks.schemas import DAILY_PRICES, RAW
 from resources.lake import LakeResource
-
-from .ge_suite import ge_version, ge_violation_counts
-from .rulebook import DAILY_PRICE_RULES
 
 GREAT_EXPECTATIONS = "great_expectations"
 DATASET = "daily_prices"
