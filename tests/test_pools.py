@@ -8,7 +8,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from marketpipe_assets.prices import daily_prices_asset, provider_pool, universe_asset
+from marketpipe_assets.pools import provider_pool
+from marketpipe_assets.prices import daily_prices_asset, universe_asset
 from resources.lake import LakeResource
 from resources.market_data import MarketDataResource
 from tests.conftest import market_assets, recent_sessions
