@@ -10,7 +10,6 @@ import datetime as dt
 
 import polars as pl
 
-from checks.markets import with_filing
 from checks.metadata import markdown_table
 from checks.price_checks import (
     completeness_by_session,
@@ -19,8 +18,9 @@ from checks.price_checks import (
     suspicious_jumps_result,
 )
 from checks.rulebook import DAILY_PRICE_RULES, HALTED, session_rule, validate
-from checks.schemas import DAILY_PRICES, FILED_UNDER, INDICATORS
+from checks.schemas import DAILY_PRICES, INDICATORS
 from marketpipe_assets.indicators import HISTORY_COLUMNS, compute_indicators
+from marketpipe_assets.ingest import stage_sessions
 from marketpipe_assets.prices import _previous_stored, load_universe, standardise
 from resources.lake import LakeResource
 from resources.market_data import MarketDataResource
@@ -47,16 +47,16 @@ def prices(t: Stages, lake, market_data, market: str, sessions: list[dt.date]) -
         validated = validate(frame, rules)
         stored = validated.clean
     with t("stage prices + quarantine"):
-        quarantined = with_filing(validated.quarantined, sessions)
-        batch = lake.stage(
+        batch = stage_sessions(
+            lake,
             "bench",
             "daily_prices",
             market,
-            stored,
-            quarantined,
             sessions,
-            quarantine_date_column=FILED_UNDER,
-        )
+            sent=len(raw),
+            stored=stored,
+            quarantined=validated.quarantined,
+        ).batch
     with t("check completeness"):
         by_session = completeness_by_session(stored, universe, sessions)
         completeness = completeness_result(by_session)
@@ -75,7 +75,7 @@ def prices(t: Stages, lake, market_data, market: str, sessions: list[dt.date]) -
     return {
         "bars": len(raw),
         "stored": len(stored),
-        "quarantined": len(quarantined),
+        "quarantined": len(validated.quarantined),
         "sources": dict(sources),
         "checks": {c.check_name: c.passed for c in checks},
     }

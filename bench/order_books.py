@@ -50,6 +50,7 @@ def bare_polars(frame: pl.DataFrame, path: Path) -> int:
 def run(symbols: int = 2500, market: str = "us", interval: int = 1) -> dict:
     from checks.markets import partition_dates
     from checks.order_book_rules import validate_order_books
+    from marketpipe_assets.ingest import stage_sessions
     from marketpipe_assets.order_books import DATASET, with_derived
     from resources.lake import LakeResource
     from resources.sources.synthetic import SyntheticSource
@@ -69,8 +70,17 @@ def run(symbols: int = 2500, market: str = "us", interval: int = 1) -> dict:
         with stages("derive"):
             stored = with_derived(validated.clean)
         with stages("write"):
-            batch = lake.stage("bench", DATASET, market, stored, validated.quarantined, [day])
-            lake.publish(batch)
+            staged = stage_sessions(
+                lake,
+                "bench",
+                DATASET,
+                market,
+                [day],
+                sent=len(frame),
+                stored=stored,
+                quarantined=validated.quarantined,
+            )
+            lake.publish(staged.batch)
         started = time.perf_counter()
         bare_rows = bare_polars(frame, Path(scratch) / "bare.parquet")
         bare = time.perf_counter() - started

@@ -7,7 +7,6 @@ nothing was lost, the single writer of its partitions and quarantine (`stage_ses
 write-audit-publish step and the metadata layout are the same for all of them.
 """
 
-
 import datetime as dt
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field

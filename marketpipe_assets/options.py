@@ -15,11 +15,8 @@ from checks.greeks import DAYS_PER_YEAR, RISK_FREE_RATE, black_scholes, implied_
 from checks.markets import (
     MARKETS,
     is_session,
-    partition_dates,
-    partitions_def,
     previous_session,
     session_bounds,
-    with_filing,
 )
 from checks.option_rules import (
     IV_RANGE,
@@ -30,9 +27,8 @@ from checks.option_rules import (
     parity_result,
     rules_result,
 )
-from checks.rulebook import session_rule, validate
+from checks.rulebook import Validated, session_rule, validate
 from checks.schemas import (
-    FILED_UNDER,
     OPTION_CHAIN_VENDOR,
     OPTION_CHAINS,
     RAW,
@@ -40,7 +36,6 @@ from checks.schemas import (
     quarantine_schema,
 )
 from resources.lake import LakeResource
-from resources.market_data import MarketDataResource
 from resources.providers.base import run_sync
 from resources.providers.errors import NotFound
 from resources.publishing import Batch
@@ -48,10 +43,8 @@ from resources.sources.base import FallbackSource, Source, SourceUnavailable
 from resources.sources.synthetic import SyntheticSource
 from resources.sources.synthetic_options import option_chains
 
-from .metadata import accounted, run_totals, session_metadata
-from .prices import provider_pool
-from .publish import publish_if_checks_pass
-from .retries import provider_retries
+from .ingest import Ingest, Run, Shown, ingested_asset, stage_sessions
+from .metadata import run_totals
 
 DATASET = "option_chains"
 log = logging.getLogger(__name__)
@@ -195,6 +188,93 @@ def derive(
     return frame.with_columns(pl.col(pl.Float64).fill_nan(None)), iv_counts
 
 
+def _fetch_chains(run: Run) -> pl.DataFrame:
+    underlyings = run.market_data.underlyings()
+    source = run.market_data.source("us")
+    fetched_at = dt.datetime.now(dt.UTC)
+    raw = fetch(source, underlyings, run.sessions)
+    run.note_failures(source)
+    failures = run.failures or []
+    chain = source.sources if isinstance(source, FallbackSource) else [source]
+    # Synthetic chains are end-of-day quotes; a live provider's are as of the fetch.
+    live = not isinstance(chain[len(failures)], SyntheticSource)
+    run.facts.update(
+        underlyings=underlyings,
+        served_by=source.sources[len(failures)].name if failures else source.name,
+        fetched_at=fetched_at if live else None,
+    )
+    return raw
+
+
+def _derive_chains(run: Run, raw: pl.DataFrame) -> pl.DataFrame:
+    config = run.config
+    frame, iv_counts = derive(
+        raw, config.risk_free_rate, (config.iv_min, config.iv_max), run.facts["fetched_at"]
+    )
+    run.facts["iv_counts"] = iv_counts
+    return frame
+
+
+def _split_chains(run: Run, frame: pl.DataFrame) -> Validated:
+    rules = option_rules((run.config.iv_min, run.config.iv_max))
+    validated = validate(frame, (*rules, session_rule("quote_date", tuple(run.sessions))))
+    quarantined = validated.quarantined.select(*quarantine_schema(OPTION_CHAINS), RAW)
+    return Validated(validated.clean, quarantined, validated.violation_counts)
+
+
+def _validate_chains(run: Run, raw: pl.DataFrame) -> Validated:
+    """Derived before validation: the rules judge the solved IVs and greeks too."""
+    return _split_chains(run, _derive_chains(run, raw))
+
+
+def _check_chains(run: Run, stored: pl.DataFrame, validated: Validated) -> list:
+    config = run.config
+    rules = option_rules((config.iv_min, config.iv_max))
+    return [
+        rules_result(stored, validated, rules),
+        completeness_result(stored, run.facts["underlyings"], run.sessions),
+        parity_result(stored, config.risk_free_rate, config.parity_tolerance),
+    ]
+
+
+def _shown_chains(run: Run, stored: pl.DataFrame, counts) -> Shown:
+    iv_counts = run.facts["iv_counts"]
+    return Shown(
+        extra={
+            "underlyings": len(run.facts["underlyings"]),
+            "source": run.facts["served_by"],
+            # Of all fetched contracts: IVs kept as the vendor sent them, solved from the mid
+            # (vendor's absent, 0 or out of range), and neither (quarantined by the rules).
+            **run_totals(
+                run.sessions,
+                volume_missing=stored["volume"].null_count(),
+                iv_vendor=iv_counts["vendor"],
+                iv_solved=iv_counts["solved"],
+                iv_unsolved=iv_counts["unsolved"],
+            ),
+        }
+    )
+
+
+OPTION_CHAINS_INGEST = Ingest(
+    dataset=DATASET,
+    description="Chains of MARKETPIPE_OPTION_UNDERLYINGS, every expiration within 90 days, with "
+    "greeks; implied volatility solved from the mid where the vendor's is absent or absurd; rows "
+    "breaking a rule go to quarantine with their rules.",
+    check_specs=option_check_specs,
+    fetch=_fetch_chains,
+    validate=_validate_chains,
+    checks=_check_chains,
+    shown=_shown_chains,
+    date_column="quote_date",
+    config=OptionChainConfig,
+)
+
+
+def option_chains_asset() -> dg.AssetsDefinition:
+    return ingested_asset("us", OPTION_CHAINS_INGEST)
+
+
 @dataclass(frozen=True)
 class Stored:
     stored: pl.DataFrame
@@ -217,111 +297,28 @@ def store_chains(
     fetched_at: dt.datetime | None = None,
     run_id: str = "",
 ) -> Stored:
-    """Derive, validate, stage stored and quarantined rows of `sessions`, and the checks'
-    results: the asset's data work (the bench times it by `stage`)."""
-    iv_range = (config.iv_min, config.iv_max)
-    rules = option_rules(iv_range)
+    """The asset's data work outside Dagster, hook by hook, each step timed by `stage` (the
+    bench's measure of it)."""
+    run = Run(None, lake, None, "us", sessions, config)
+    run.facts.update(underlyings=underlyings, fetched_at=fetched_at)
     with stage("derive"):
-        frame, iv_counts = derive(raw, config.risk_free_rate, iv_range, fetched_at)
+        frame = _derive_chains(run, raw)
     with stage("validate"):
-        validated = validate(frame, (*rules, session_rule("quote_date", tuple(sessions))))
-        quarantined = validated.quarantined.select(*quarantine_schema(OPTION_CHAINS), RAW)
-        # Rows quoted on no session of the run, or undated, are filed under one (none dropped).
-        quarantined = with_filing(quarantined, sessions, "quote_date")
+        validated = _split_chains(run, frame)
     with stage("write"):
-        # Staged: replaces exactly these sessions' stored and quarantine files once published
-        # (publish_if_checks_pass).
-        batch = lake.stage(
+        staged = stage_sessions(
+            lake,
             run_id,
             DATASET,
             "us",
-            validated.clean,
-            quarantined,
             sessions,
+            sent=len(raw),
+            stored=validated.clean,
+            quarantined=validated.quarantined,
             date_column="quote_date",
-            quarantine_date_column=FILED_UNDER,
         )
     with stage("checks"):
-        results = [
-            rules_result(validated.clean, validated, rules),
-            completeness_result(validated.clean, underlyings, sessions),
-            parity_result(validated.clean, config.risk_free_rate, config.parity_tolerance),
-        ]
-    return Stored(validated.clean, quarantined, iv_counts, results, batch)
-
-
-def option_chains_asset() -> dg.AssetsDefinition:
-    key = dg.AssetKey(["us", DATASET])
-
-    @dg.asset(
-        key=key,
-        partitions_def=partitions_def("us"),
-        backfill_policy=dg.BackfillPolicy.single_run(),
-        check_specs=option_check_specs(key),
-        group_name="us",
-        kinds={"polars", "parquet"},
-        pool=provider_pool("us"),
+        results = _check_chains(run, validated.clean, validated)
+    return Stored(
+        validated.clean, staged.quarantined, run.facts["iv_counts"], results, staged.batch
     )
-    @provider_retries
-    def option_chains_(
-        context: dg.AssetExecutionContext,
-        config: OptionChainConfig,
-        lake: LakeResource,
-        market_data: MarketDataResource,
-    ):
-        """Chains of MARKETPIPE_OPTION_UNDERLYINGS, every expiration within 90 days, with greeks;
-        implied volatility solved from the mid where the vendor's is absent or absurd; rows
-        breaking a rule go to quarantine with their rules."""
-        sessions = partition_dates(context.partition_keys)
-        underlyings = market_data.underlyings()
-        source = market_data.source("us")
-        fetched_at = dt.datetime.now(dt.UTC)
-        raw = fetch(source, underlyings, sessions)
-        # Which sources of a chain were tried and why they could not serve (never a secret).
-        failures = source.last_failures if isinstance(source, FallbackSource) else []
-        for failure in failures:
-            context.log.warning(f"{failure['source']} could not serve: {failure['reason']}")
-        served_by = source.sources[len(failures)].name if failures else source.name
-        chain = source.sources if isinstance(source, FallbackSource) else [source]
-        # Synthetic chains are end-of-day quotes; a live provider's are as of the fetch.
-        live = not isinstance(chain[len(failures)], SyntheticSource)
-        done = store_chains(
-            lake,
-            raw,
-            underlyings,
-            sessions,
-            config,
-            fetched_at=fetched_at if live else None,
-            run_id=context.run_id,
-        )
-        counts = accounted(
-            "us/option_chains", len(raw), done.stored, done.quarantined, "quote_date"
-        )
-        yield from publish_if_checks_pass(context, lake, done.batch, done.check_results)
-        yield dg.MaterializeResult(
-            metadata={
-                **session_metadata(
-                    context,
-                    sessions,
-                    counts=counts,
-                    failures=failures,
-                    uri=lake.uri(lake.market_dir(DATASET, "us")),
-                    shown=done.stored,
-                    column="quote_date",
-                ),
-                "underlyings": len(underlyings),
-                "source": served_by,
-                # Of all fetched contracts: IVs kept as the vendor sent them, solved from the mid
-                # (vendor's absent, 0 or out of range), and neither (quarantined by the rules).
-                **run_totals(
-                    sessions,
-                    volume_missing=done.stored["volume"].null_count(),
-                    iv_vendor=done.iv_counts["vendor"],
-                    iv_solved=done.iv_counts["solved"],
-                    iv_unsolved=done.iv_counts["unsolved"],
-                ),
-            },
-            check_results=done.check_results,
-        )
-
-    return option_chains_

@@ -14,7 +14,6 @@ import numpy as np
 import polars as pl
 
 from checks.errors import ConfigurationError
-from checks.markets import partition_dates, partitions_def, with_filing
 from checks.order_book_rules import (
     coverage_by_session,
     coverage_result,
@@ -22,17 +21,14 @@ from checks.order_book_rules import (
     order_book_rules_result,
     validate_order_books,
 )
-from checks.schemas import FILED_UNDER, ORDER_BOOK_LEVELS, ORDER_BOOKS
+from checks.rulebook import Validated
+from checks.schemas import ORDER_BOOK_LEVELS, ORDER_BOOKS
 from resources.book_spool import BookSpool
 from resources.books import order_book_history
-from resources.lake import LakeResource
-from resources.market_data import MarketDataResource
 from resources.sources.base import SourceUnavailable
 
-from .metadata import accounted, session_metadata
-from .prices import load_universe, provider_pool
-from .publish import publish_if_checks_pass
-from .retries import provider_retries
+from .ingest import Ingest, Run, Shown, ingested_asset
+from .prices import load_universe
 
 DATASET = "order_books"
 INTERVAL_VARIABLE = "MARKETPIPE_ORDER_BOOK_INTERVAL_MINUTES"
@@ -82,92 +78,78 @@ def with_derived(books: pl.DataFrame) -> pl.DataFrame:
     return derived.with_columns(pl.col(pl.Float64).fill_nan(None)).select(list(ORDER_BOOKS))
 
 
-def order_books_asset(market: str) -> dg.AssetsDefinition:
-    key = dg.AssetKey([market, DATASET])
+def _fetch_books(run: Run) -> pl.DataFrame:
+    """Captured snapshots of the sessions the spool has; the others from the source's history."""
+    market, sessions = run.market, run.sessions
+    universe = load_universe(run.lake, market)
+    interval = capture_interval()
+    spool = BookSpool()
+    captured_days = [d for d in sessions if spool.slots(market, d)]
+    missing_days = [d for d in sessions if d not in captured_days]
+    run.facts.update(universe=universe, interval=interval, captured_days=captured_days)
+    frames = [spool.read(market, captured_days)]
+    if missing_days:
+        try:
+            symbols = universe["symbol"].to_list()
+            source = run.market_data.source(market)
+            frames.append(order_book_history(source, market, missing_days, symbols, interval))
+        except SourceUnavailable as exc:
+            days = ", ".join(d.isoformat() for d in missing_days[:5])
+            more = f" and {len(missing_days) - 5} more" if len(missing_days) > 5 else ""
+            raise dg.Failure(
+                f"{market}/order_books: no snapshots were captured for {days}{more} in "
+                f"{spool.root}, and {exc}"
+            ) from exc
+    return pl.concat(frames)
 
-    @dg.asset(
-        key=key,
-        deps=[dg.AssetKey([market, "universe"])],
-        partitions_def=partitions_def(market),
-        backfill_policy=dg.BackfillPolicy.single_run(),
-        check_specs=order_book_check_specs(key),
-        group_name=market,
-        kinds={"polars", "parquet"},
-        pool=provider_pool(market),
+
+def _validate_books(run: Run, sent: pl.DataFrame) -> Validated:
+    return validate_order_books(sent, run.market, run.sessions)
+
+
+def _check_books(run: Run, stored: pl.DataFrame, validated: Validated) -> list:
+    facts = run.facts
+    by_session = coverage_by_session(
+        stored, facts["universe"], run.market, run.sessions, facts["interval"]
     )
-    @provider_retries
-    def order_books(
-        context: dg.AssetExecutionContext, lake: LakeResource, market_data: MarketDataResource
-    ):
-        """10-level snapshots per session (captured every MARKETPIPE_ORDER_BOOK_INTERVAL_MINUTES)
-        with spread, mid, cumulative depth and imbalance; a snapshot breaking a rule is
-        quarantined whole with its rules."""
-        sessions = partition_dates(context.partition_keys)
-        universe = load_universe(lake, market)
-        interval = capture_interval()
-        spool = BookSpool()
-        captured_days = [d for d in sessions if spool.slots(market, d)]
-        missing_days = [d for d in sessions if d not in captured_days]
-        frames = [spool.read(market, captured_days)]
-        if missing_days:
-            try:
-                symbols = universe["symbol"].to_list()
-                source = market_data.source(market)
-                frames.append(order_book_history(source, market, missing_days, symbols, interval))
-            except SourceUnavailable as exc:
-                days = ", ".join(d.isoformat() for d in missing_days[:5])
-                more = f" and {len(missing_days) - 5} more" if len(missing_days) > 5 else ""
-                raise dg.Failure(
-                    f"{market}/order_books: no snapshots were captured for {days}{more} in "
-                    f"{spool.root}, and {exc}"
-                ) from exc
-        sent = pl.concat(frames)
-        validated = validate_order_books(sent, market, sessions)
-        stored = with_derived(validated.clean)
-        # Rows of other sessions or none are filed under one of the run's (nothing dropped).
-        quarantined = with_filing(validated.quarantined, sessions)
-        counts = accounted(f"{market}/{DATASET}", len(sent), stored, quarantined)
-        # Replaces exactly this run's partitions, stored and quarantine together, once the
-        # blocking checks pass.
-        batch = lake.stage(
-            context.run_id,
-            DATASET,
-            market,
-            stored,
-            quarantined,
-            sessions,
-            quarantine_date_column=FILED_UNDER,
-        )
+    facts["by_session"] = by_session
+    return [
+        order_book_rules_result(stored, validated, run.market, run.sessions),
+        coverage_result(by_session),
+    ]
 
-        by_session = coverage_by_session(stored, universe, market, sessions, interval)
-        check_results = [
-            order_book_rules_result(stored, validated, market, sessions),
-            coverage_result(by_session),
-        ]
-        yield from publish_if_checks_pass(context, lake, batch, check_results)
-        yield dg.MaterializeResult(
-            metadata={
-                **session_metadata(
-                    context,
-                    sessions,
-                    counts={
-                        **counts,
-                        "snapshots": stored.filter(pl.col("level") == 1),
-                        "quarantined_rows": counts["quarantined"],
-                    },
-                    percents=by_session.select(
-                        "trade_date",
-                        "coverage_pct",
-                        snapshots_from=pl.when(pl.col("trade_date").is_in(captured_days))
-                        .then(pl.lit("capture"))
-                        .otherwise(pl.lit("source history")),
-                    ),
-                    uri=lake.uri(lake.market_dir(DATASET, market)),
-                    shown=stored,
-                ),
-                "interval_minutes": interval,
-            },
-            check_results=check_results,
-        )
 
-    return order_books
+def _shown_books(run: Run, stored: pl.DataFrame, counts) -> Shown:
+    captured = pl.col("trade_date").is_in(run.facts["captured_days"])
+    return Shown(
+        counts={
+            "snapshots": stored.filter(pl.col("level") == 1),
+            "quarantined_rows": counts["quarantined"],
+        },
+        percents=run.facts["by_session"].select(
+            "trade_date",
+            "coverage_pct",
+            snapshots_from=pl.when(captured)
+            .then(pl.lit("capture"))
+            .otherwise(pl.lit("source history")),
+        ),
+        extra={"interval_minutes": run.facts["interval"]},
+    )
+
+
+ORDER_BOOKS_INGEST = Ingest(
+    dataset=DATASET,
+    description="10-level snapshots per session (captured every "
+    "MARKETPIPE_ORDER_BOOK_INTERVAL_MINUTES) with spread, mid, cumulative depth and imbalance; a "
+    "snapshot breaking a rule is quarantined whole with its rules.",
+    check_specs=order_book_check_specs,
+    fetch=_fetch_books,
+    validate=_validate_books,
+    derive=with_derived,
+    checks=_check_books,
+    shown=_shown_books,
+)
+
+
+def order_books_asset(market: str) -> dg.AssetsDefinition:
+    return ingested_asset(market, ORDER_BOOKS_INGEST)
