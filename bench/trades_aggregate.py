@@ -35,7 +35,8 @@ import polars as pl
 from checks.markets import session_bounds
 from checks.schemas import TRADES
 from checks.trade_checks import reconcile_result, trade_rules_result
-from marketpipe_assets.trade_aggregates import build_hours, session_hours
+from marketpipe_assets.trade_aggregates import build_hours
+from marketpipe_assets.trade_hours import session_hours
 from resources.lake import LakeResource
 
 from .common import Stages, past_keys, row

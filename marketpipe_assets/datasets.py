@@ -15,7 +15,8 @@ from .intraday import intraday_bars_asset
 from .options import option_chains_asset
 from .order_books import order_books_asset
 from .prices import daily_prices_asset, universe_asset
-from .trade_aggregates import TRADES_DATASET, trade_aggregates_asset
+from .trade_aggregates import trade_aggregates_asset
+from .trade_hours import TRADES_DATASET
 
 
 @dataclass(frozen=True)

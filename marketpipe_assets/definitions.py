@@ -16,7 +16,7 @@ from .datasets import DATASETS, names
 from .declarative import automation_sensor
 from .freshness import freshness_checks, freshness_job, freshness_schedules, with_freshness
 from .retention import retention_job, retention_schedule
-from .trade_aggregates import trade_jobs, trade_sensors
+from .trade_sensors import trade_jobs, trade_sensors
 from .warehouse import warehouse_assets, warehouse_resources
 
 # The warehouse assets exist only when MARKETPIPE_WAREHOUSE_URL is set.

@@ -16,16 +16,13 @@ from checks.schemas import TRADE_AGGREGATES, TRADES
 from checks.trade_checks import drop_exact_duplicates, validate_trades
 from resources.lake import LakeResource
 
-from .trade_aggregates import (
+from .trade_files import batch_files, complete_hours, read_hours, read_trades
+from .trade_hours import (
     DATASET,
     HOUR,
     MINUTES_DATASET,
     TRADE_MINUTES,
-    batch_files,
-    complete_hours,
     floor_hour,
-    read_hours,
-    read_trades,
     session_hours,
     trade_days,
 )

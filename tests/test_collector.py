@@ -26,7 +26,8 @@ from checks.markets import all_sessions, session_bounds
 from checks.schemas import TRADE_AGGREGATES, TRADES
 from checks.trade_rules import QUARANTINE, check_trades
 from marketpipe_assets.automation import RANGE_END_TAG, RANGE_START_TAG
-from marketpipe_assets.trade_aggregates import hour_key, trade_aggregates_asset
+from marketpipe_assets.trade_aggregates import trade_aggregates_asset
+from marketpipe_assets.trade_hours import hour_key
 from resources.collector.formats import parse_finnhub, parse_kis
 from resources.lake import LakeResource
 from resources.trade_spool import ROW_COLUMNS, SPOOL

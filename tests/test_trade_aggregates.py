@@ -10,21 +10,19 @@ import pytest
 from checks.schemas import TRADE_AGGREGATES, TRADES
 from checks.trade_checks import AGGREGATES_RECONCILE, TRADE_RULES_CHECK, reconcile_result
 from marketpipe_assets.automation import RANGE_END_TAG, RANGE_START_TAG
-from marketpipe_assets.trade_aggregates import (
+from marketpipe_assets.trade_aggregates import minute_stats, trade_aggregates_asset
+from marketpipe_assets.trade_files import complete_hours, hour_path
+from marketpipe_assets.trade_hours import (
     AGGREGATE_SOURCES,
     DATASET,
     MINUTES_DATASET,
     QUARANTINE_DATASET,
     SOURCES_DATASET,
     TRADE_MINUTES,
-    complete_hours,
     hour_partitions,
-    hour_path,
-    minute_stats,
     session_hours,
-    trade_aggregates_asset,
-    trade_hours_sensor,
 )
+from marketpipe_assets.trade_sensors import trade_hours_sensor
 from resources.trade_spool import TradeSpool, spool_path
 
 UTC = dt.UTC
