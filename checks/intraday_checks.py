@@ -22,11 +22,12 @@ from .rulebook import (
     UniqueTogether,
     Validated,
     WithinColumns,
+    in_columns_of,
     named_rule,
     parsed_rules,
     validate,
 )
-from .schemas import INTRADAY_BAR_MINUTES, INTRADAY_BARS, PRICE_COLUMNS, RAW
+from .schemas import INTRADAY_BAR_MINUTES, INTRADAY_BARS, PRICE_COLUMNS
 from .specs import Check, check_specs, rules_check
 
 INTRADAY_PRICE_RULES_CHECK = "intraday_price_rules"
@@ -89,12 +90,7 @@ def validate_intraday(frame: pl.DataFrame, market: str, sessions: list[dt.date])
     table = session_table(market, sessions).drop("slots")
     with_bounds = frame.join(table, on="trade_date", how="left", maintain_order="left")
     result = validate(with_bounds, INTRADAY_BAR_RULES)
-    columns = [c for c in frame.columns if c != RAW]
-    return Validated(
-        clean=result.clean.select(columns),
-        quarantined=result.quarantined.select(*columns, "violations", RAW),
-        violation_counts=result.violation_counts,
-    )
+    return in_columns_of(result, frame)
 
 
 INTRADAY_CHECKS = (

@@ -30,10 +30,11 @@ from .rulebook import (
     Validated,
     WithinColumns,
     finite_rule,
+    in_columns_of,
     named_rule,
     validate,
 )
-from .schemas import ORDER_BOOK_LEVELS, RAW
+from .schemas import ORDER_BOOK_LEVELS
 from .specs import Check, check_specs, rules_check
 
 ORDER_BOOK_RULES_CHECK = "order_book_rules"
@@ -180,12 +181,7 @@ def validate_order_books(frame: pl.DataFrame, market: str, sessions: list[dt.dat
         pl.Series(LEVELS, _per_snapshot(ids, first_of_level), dtype=pl.Int64),
     ).join(bounds, on="trade_date", how="left", maintain_order="left")
     result = validate(prepared, ORDER_BOOK_RULES, widen=_whole_snapshots)
-    columns = [c for c in frame.columns if c != RAW]
-    return Validated(
-        clean=result.clean.select(columns),
-        quarantined=result.quarantined.select(*columns, "violations", RAW),
-        violation_counts=result.violation_counts,
-    )
+    return in_columns_of(result, frame)
 
 
 ORDER_BOOK_CHECKS = (

@@ -288,6 +288,17 @@ class Validated:
     violation_counts: dict[str, int]  # rows breaking each rule (a row may break several)
 
 
+def in_columns_of(result: Validated, frame: pl.DataFrame) -> Validated:
+    """`result` of validating `frame` with helper columns added (session bounds, snapshot ids),
+    back in `frame`'s own columns; `raw`, the evidence of unread values, in the quarantine."""
+    columns = [c for c in frame.columns if c != RAW]
+    return Validated(
+        clean=result.clean.select(columns),
+        quarantined=result.quarantined.select(*columns, "violations", RAW),
+        violation_counts=result.violation_counts,
+    )
+
+
 def validate(
     frame: pl.DataFrame,
     rules: tuple[Rule, ...] = DAILY_PRICE_RULES,
