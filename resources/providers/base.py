@@ -117,6 +117,26 @@ def no_listing(provider: str, market: str, hint: str = "") -> SourceError:
     )
 
 
+class OneKeySource:
+    """Rate, concurrency and keys of a source (a frozen dataclass) with one `api_key` and a
+    budget of `requests` per `per_seconds`, as many in flight as the budget allows."""
+
+    api_key: str
+    requests: int
+    per_seconds: float
+
+    @property
+    def rate(self) -> tuple[int, float]:
+        return self.requests, self.per_seconds
+
+    @property
+    def concurrency(self) -> int:
+        return self.requests
+
+    def _keys(self) -> tuple[list[str], list[str]]:
+        return [self.api_key], [self.api_key]
+
+
 class OneMarketDailyBars:
     """The base of a provider source of one market: Source.daily_bars around the client's async
     `_daily`, the datasets it declares, and what every provider does the same way.

@@ -38,7 +38,7 @@ from checks import markets
 from checks.schemas import DAILY_PRICES, PRICE_COLUMNS, RAW, UNIVERSE, with_evidence
 from resources.sources.base import Dataset, SourceError
 
-from .base import OneMarketDailyBars, bars_by_date, rate_limit, required_env, run_sync
+from .base import OneKeySource, OneMarketDailyBars, bars_by_date, rate_limit, required_env, run_sync
 from .errors import BadRequest, ProviderError, RateLimited, Unauthorized
 from .http import ProviderHttp, RetryPolicy
 from .values import SEOUL, parse_number
@@ -133,7 +133,7 @@ def _classify(http: ProviderHttp, endpoint: str):
 
 
 @dataclass(frozen=True)
-class KrxSource(OneMarketDailyBars):
+class KrxSource(OneKeySource, OneMarketDailyBars):
     market: ClassVar[str] = "krx"
     api_key: str = field(repr=False)
     base_url: str = DEFAULT_BASE_URL
@@ -144,17 +144,6 @@ class KrxSource(OneMarketDailyBars):
     name: str = NAME
     missing: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
     datasets: ClassVar[frozenset[Dataset]] = frozenset({Dataset.DAILY_BARS, Dataset.UNIVERSE})
-
-    @property
-    def rate(self) -> tuple[int, float]:
-        return self.requests, self.per_seconds
-
-    @property
-    def concurrency(self) -> int:
-        return self.requests
-
-    def _keys(self) -> tuple[list[str], list[str]]:
-        return [self.api_key], [self.api_key]
 
     async def _board_rows(self, http: ProviderHttp, board: str, day: dt.date) -> list[dict]:
         endpoint = BOARDS[board]

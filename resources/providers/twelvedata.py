@@ -25,7 +25,15 @@ from checks.schemas import DAILY_PRICES, PRICE_COLUMNS, RAW, with_evidence
 from checks.schemas import INTRADAY_BARS as SESSION_INTRADAY_BARS
 from resources.sources.base import Dataset
 
-from .base import OneMarketDailyBars, bars_by_date, no_listing, rate_limit, required_env, run_sync
+from .base import (
+    OneKeySource,
+    OneMarketDailyBars,
+    bars_by_date,
+    no_listing,
+    rate_limit,
+    required_env,
+    run_sync,
+)
 from .errors import BadRequest, NotFound, ProviderError, RateLimited, Unauthorized
 from .http import ProviderHttp, RetryPolicy
 from .values import parse_number
@@ -77,7 +85,7 @@ def _evidence(frame: pl.DataFrame) -> list[str]:
 
 
 @dataclass(frozen=True)
-class TwelveDataSource(OneMarketDailyBars):
+class TwelveDataSource(OneKeySource, OneMarketDailyBars):
     market: ClassVar[str] = "us"
     api_key: str = field(repr=False)
     base_url: str = DEFAULT_BASE_URL
@@ -89,17 +97,6 @@ class TwelveDataSource(OneMarketDailyBars):
     name: str = NAME
     missing: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
     datasets: ClassVar[frozenset[Dataset]] = frozenset({Dataset.DAILY_BARS, Dataset.INTRADAY_BARS})
-
-    @property
-    def rate(self) -> tuple[int, float]:
-        return self.requests, self.per_seconds
-
-    @property
-    def concurrency(self) -> int:
-        return self.requests
-
-    def _keys(self) -> tuple[list[str], list[str]]:
-        return [self.api_key], [self.api_key]
 
     def _classify(self, http: ProviderHttp, symbol: str):
         def classify(payload: Any, response) -> None:
