@@ -39,7 +39,13 @@ from resources.lake import LakeResource
 from resources.providers.base import run_sync
 from resources.providers.errors import NotFound
 from resources.publishing import Batch
-from resources.sources.base import FallbackSource, Source, SourceUnavailable
+from resources.sources.base import (
+    Dataset,
+    FallbackSource,
+    Source,
+    SourceUnavailable,
+    require,
+)
 from resources.sources.synthetic import SyntheticSource
 from resources.sources.synthetic_options import option_chains
 
@@ -74,8 +80,7 @@ def fetch(source: Source, underlyings: Sequence[str], sessions: list[dt.date]) -
         return source.first_available(lambda s: fetch(s, underlyings, sessions))
     if isinstance(source, SyntheticSource):
         return option_chains(source.seed, underlyings, sessions)
-    if not hasattr(source, "option_chain"):
-        raise SourceUnavailable(f"{source.name} serves no option chains")
+    require(source, Dataset.OPTION_CHAINS, "us")
     live = live_session()
     if any(day != live for day in sessions):
         raise SourceUnavailable(

@@ -11,7 +11,12 @@ import polars as pl
 from checks.schemas import ORDER_BOOK_SNAPSHOTS
 
 from .providers.base import fetch_all, run_sync
-from .sources.base import FallbackSource, SourceUnavailable
+from .sources.base import (
+    Dataset,
+    FallbackSource,
+    require,
+    serves,
+)
 
 LIVE_CONCURRENCY = 8  # books in flight at once from a live provider (its limiter still rules)
 
@@ -24,14 +29,15 @@ def order_book_history(
         return source.first_available(
             lambda s: order_book_history(s, market, sessions, symbols, interval)
         )
-    method = getattr(source, "order_book_history", None)
-    if method is None:
-        raise SourceUnavailable(
-            f"the {source.name} source serves order books live only: a past session cannot be "
-            "fetched from it; its books come from the capture schedule "
-            f"({market}_order_book_capture) while the session trades"
+    if not serves(source, Dataset.ORDER_BOOK_HISTORY, market):
+        live_only = serves(source, Dataset.ORDER_BOOKS, market)
+        hint = (
+            ": it serves order books live only, so a past session cannot be fetched from it; "
+            f"its books come from the capture schedule ({market}_order_book_capture) while the "
+            "session trades"
         )
-    return method(market, sessions, symbols, interval)
+        require(source, Dataset.ORDER_BOOK_HISTORY, market, hint if live_only else "")
+    return source.order_book_history(market, sessions, symbols, interval)
 
 
 def order_books_at(
@@ -48,15 +54,10 @@ def order_books_at(
         return source.first_available(
             lambda s: order_books_at(s, market, session, slot, symbols, interval)
         )
-    history = getattr(source, "order_book_history", None)
-    if history is not None:
-        return history(market, [session], symbols, interval, at=slot)
-    live = getattr(source, "order_book", None)
-    if live is None:
-        raise SourceUnavailable(f"the {source.name} source has no order books")
-    served = getattr(source, "market", market)
-    if served != market:
-        raise SourceUnavailable(f"the {source.name} source serves {served!r} books, not {market!r}")
+    if serves(source, Dataset.ORDER_BOOK_HISTORY, market):
+        return source.order_book_history(market, [session], symbols, interval, at=slot)
+    require(source, Dataset.ORDER_BOOKS, market)
+    live = source.order_book
 
     async def capture():
         async with source:  # one pooled client for every symbol's request

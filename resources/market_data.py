@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
 import os
-from functools import partial
 
 import dagster as dg
 import fsspec
@@ -14,7 +12,7 @@ from checks.errors import ConfigurationError
 from checks.markets import MARKETS
 from checks.schemas import UNIVERSE, conform
 
-from .providers import PROVIDERS
+from .providers.registry import PROVIDERS
 from .sources.base import FallbackSource, Source, SourceError
 from .sources.files import FilesSource, read_table_file
 from .sources.synthetic import SyntheticSource
@@ -74,7 +72,9 @@ class MarketDataResource(dg.ConfigurableResource):
                 bad_row_rate=self.synthetic_bad_row_rate,
             ),
             "files": lambda: FilesSource(landing_url=self.landing_url),
-            **{name: partial(_provider_source, name) for name in PROVIDERS},
+            # Each provider builds its source from its own environment variables (credentials
+            # never pass through Dagster config, so they never show in the UI or run records).
+            **{name: provider.from_env for name, provider in PROVIDERS.items()},
         }
 
     def _source_names(self, market: str) -> list[str]:
@@ -111,9 +111,3 @@ class MarketDataResource(dg.ConfigurableResource):
             return conform(frame, UNIVERSE, what=f"{variable}={override!r}")
         except (SourceError, ValueError, OSError) as exc:
             raise ConfigurationError(f"{variable}={override!r}: {exc}") from exc
-
-
-def _provider_source(name: str) -> Source:
-    """Each provider module builds its source from its own environment variables (credentials
-    never pass through Dagster config, so they never show in the UI or run records)."""
-    return importlib.import_module(f"resources.providers.{name}").source_from_env()

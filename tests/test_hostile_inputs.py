@@ -28,7 +28,7 @@ from resources.providers import breaker as breaker_module
 from resources.providers import limiter as limiter_module
 from resources.providers.finnhub import FinnhubSource
 from resources.providers.http import RetryPolicy
-from resources.providers.kis import _bars as kis_bars
+from resources.providers.kis_daily import daily_frame as kis_bars
 from resources.providers.twelvedata import TwelveDataSource
 from resources.providers.yahoo import YahooSource
 from resources.sources.files import FilesSource
@@ -139,8 +139,8 @@ def test_every_row_of_a_landing_file_is_served_to_one_session_and_accounted(
 @given(records=rows(KRX_SESSIONS, KRX_OFF_DAYS, fmt="%Y%m%d"))
 def test_every_kis_row_is_stored_or_quarantined(records):
     raw = text_frame(records).with_columns(pl.col("symbol").fill_null(""))
-    bars = kis_bars(raw, KRX_SESSIONS)
-    # KIS leaves bars of other sessions to their own runs; it is asked for all of them here.
+    bars = kis_bars(raw)
+    # Every row, of any day, stays in the frame; the base keeps the sessions asked for.
     assert len(bars) == len(records)
     assert_accounted(len(records), bars, KRX_SESSIONS)
 

@@ -1,7 +1,6 @@
 """Real market-data providers behind the source interface, over one resilient HTTP layer.
 
-Each module named here exposes `source_from_env() -> Source`, reading its credentials, base URL
-and rate limit from the environment (CONTRACT section 4).
+registry.py lists them: each provider module's source declares its market and datasets, and its
+`source_from_env() -> Source` reads its credentials, base URL and rate limit from the environment
+(CONTRACT section 4).
 """
-
-PROVIDERS = ("kis", "krx", "twelvedata", "finnhub", "yahoo")

@@ -1,12 +1,14 @@
 """What every provider source shares: settings from the environment, the sync bridge, bounded
-concurrent fetching of many symbols, the one-market check and the Source protocol's daily_bars."""
+concurrent fetching of many symbols with the missing ones recorded and logged, the one-market
+check, the closed-session filter and the Source protocol's daily_bars around a provider's own
+`_daily`."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
 import datetime as dt
-import hashlib
+import logging
 import os
 import re
 from collections.abc import Awaitable, Callable, Sequence
@@ -16,11 +18,17 @@ import polars as pl
 
 from checks.errors import ConfigurationError
 from checks.schemas import DAILY_PRICES
-from resources.sources.base import SourceError
+from resources.sources.base import Dataset, SourceError
 
 from .errors import NotFound
+from .http import ProviderHttp, RetryPolicy
+from .values import served, session_close
 
 T = TypeVar("T")
+# The most pooled connections of one source: more cost CPU in httpcore's pool upkeep (kis.py) and
+# no throughput, as requests wait for the limiter anyway.
+MAX_CONNECTIONS = 64
+log = logging.getLogger(__name__)
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(s|sec|second|m|min|minute)\s*$")
 
 
@@ -38,11 +46,6 @@ def required_env(variable: str, provider: str) -> str:
     if not value:
         raise ConfigurationError(f"{variable} is not set: the {provider} source needs it")
     return value
-
-
-def credential_id(*parts: str | None) -> str:
-    """A stable, non-reversible id of a credential, to key limiters and token caches."""
-    return hashlib.sha256("\0".join(p or "" for p in parts).encode()).hexdigest()[:16]
 
 
 def run_sync(coroutine: Awaitable[T]) -> T:
@@ -114,19 +117,52 @@ def no_listing(provider: str, market: str, hint: str = "") -> SourceError:
     )
 
 
-class OneMarketDailyBars:
-    """Source.daily_bars for a client of one market whose fetch is async.
+class OneKeySource:
+    """Rate, concurrency and keys of a source (a frozen dataclass) with one `api_key` and a
+    budget of `requests` per `per_seconds`, as many in flight as the budget allows."""
 
-    The market is checked first; no session or no symbol is an empty daily_prices frame without
-    a request; otherwise the client's `_daily(sessions sorted and unique, symbols as given)`
-    runs to completion in its own event loop (run_sync).
+    api_key: str
+    requests: int
+    per_seconds: float
+
+    @property
+    def rate(self) -> tuple[int, float]:
+        return self.requests, self.per_seconds
+
+    @property
+    def concurrency(self) -> int:
+        return self.requests
+
+    def _keys(self) -> tuple[list[str], list[str]]:
+        return [self.api_key], [self.api_key]
+
+
+class OneMarketDailyBars:
+    """The base of a provider source of one market: Source.daily_bars around the client's async
+    `_daily`, the datasets it declares, and what every provider does the same way.
+
+    daily_bars checks the market first; no session or no symbol is an empty daily_prices frame
+    without a request; otherwise the client's `_daily(sessions sorted and unique, symbols as
+    given)` runs to completion in its own event loop (run_sync), and of its bars the requested
+    sessions' are kept, with the undated and off-session ones for the quarantine (values.served).
     """
 
     name: str
     market: ClassVar[str]  # the one market the client serves
+    missing: dict[str, str]  # symbol -> why, of the latest fetch_symbols call; set by __init__
+    concurrency: int  # requests in flight at once
+    rate: tuple[int, float]  # requests per that many seconds
+    base_url: str
+    retry: RetryPolicy | None  # None: RetryPolicy.from_env()
+    timeout: float
+    datasets: ClassVar[frozenset[Dataset]] = frozenset({Dataset.DAILY_BARS})
     # The error for any other market. Finnhub and Yahoo raise ConfigurationError (a setting
     # names them for the wrong market), the others SourceError; callers and tests rely on each.
     wrong_market: ClassVar[type[Exception]] = SourceError
+
+    @property
+    def markets(self) -> tuple[str, ...]:
+        return (self.market,)
 
     def _check_market(self, market: str) -> None:
         if market != self.market:
@@ -135,14 +171,90 @@ class OneMarketDailyBars:
                 f"set MARKETPIPE_{market.upper()}_SOURCE to a source for that market"
             )
 
+    def _asked(
+        self, market: str, sessions: Sequence[dt.date], symbols: Sequence[str]
+    ) -> list[dt.date]:
+        """The sessions asked for, sorted and unique, once the market is checked; none when no
+        session or no symbol is asked for (an empty frame then, without a request)."""
+        self._check_market(market)
+        return sorted(set(sessions)) if symbols else []
+
     async def _daily(self, sessions: list[dt.date], symbols: Sequence[str]) -> pl.DataFrame:
         raise NotImplementedError
+
+    def _keys(self) -> tuple[Sequence[str | None], Sequence[str | None]]:
+        """(what identifies the key to the provider, the secrets every error is scrubbed of)."""
+        raise NotImplementedError
+
+    def _http(self) -> ProviderHttp:
+        """A session of the shared HTTP layer: the key's one limiter and breaker, its secrets
+        masked, as many pooled connections as requests in flight."""
+        credential, secrets = self._keys()
+        return ProviderHttp.shared(
+            self.name,
+            self.base_url,
+            credential=credential,
+            requests=self.rate[0],
+            per_seconds=self.rate[1],
+            secrets=secrets,
+            retry=self.retry,
+            timeout=self.timeout,
+            max_connections=max(1, min(self.concurrency, MAX_CONNECTIONS)),
+        )
 
     def daily_bars(
         self, market: str, sessions: Sequence[dt.date], symbols: Sequence[str]
     ) -> pl.DataFrame:
-        self._check_market(market)
-        days = sorted(set(sessions))
-        if not days or not symbols:
+        days = self._asked(market, sessions, symbols)
+        if not days:
             return pl.DataFrame(schema=DAILY_PRICES)
-        return run_sync(self._daily(days, symbols))
+        return served(run_sync(self._daily(days, symbols)), market, days)
+
+    async def fetch_symbols(
+        self,
+        dataset: str,
+        symbols: Sequence[str],
+        fetch: Callable[[str], Awaitable[pl.DataFrame]],
+        *,
+        concurrency: int | None = None,
+        first_alone: bool = False,
+    ) -> list[pl.DataFrame]:
+        """fetch(symbol) for each distinct symbol, at most `concurrency` (default: the source's
+        own) in flight; with `first_alone` the first symbol before the rest (fetch_all). An
+        unknown symbol is recorded in `self.missing` and logged, never fails the batch."""
+        symbols = list(dict.fromkeys(symbols))
+        limit = concurrency or self.concurrency
+        each = fetch_all if first_alone else fetch_each
+        frames, missing = await each(symbols, fetch, concurrency=limit)
+        self.record_missing(dataset, missing)
+        return frames
+
+    def record_missing(self, dataset: str, missing: dict[str, str]) -> None:
+        """Keep `missing` (symbol -> why) as the latest call's, and log it: the completeness
+        check counts those symbols, the run goes on."""
+        # Updated in place: frozen dataclass sources hold it as a field.
+        self.missing.clear()
+        self.missing.update(missing)
+        if missing:
+            log.warning(
+                "%s %s: no data for %d symbol(s): %s",
+                self.name,
+                dataset,
+                len(missing),
+                ", ".join(sorted(missing)),
+            )
+
+    def without_running(self, frame: pl.DataFrame, now: float) -> pl.DataFrame:
+        """`frame` without the bars of sessions not closed by `now` (epoch seconds; the exchange
+        calendar's close, half days included): a running session's bar is the day so far, not
+        the session's, and waits for a run after the close (the symbol counts missing till then)."""
+        dates = frame["trade_date"].drop_nulls().unique().to_list()
+        running = sorted(d for d in dates if session_close(self.market, d) > now)
+        if not running:
+            return frame
+        log.warning(
+            "%s daily_bars: bars of sessions not closed yet (%s) not stored",
+            self.name,
+            ", ".join(map(str, running)),
+        )
+        return frame.filter(~pl.col("trade_date").is_in(running).fill_null(False))

@@ -43,8 +43,9 @@ import polars as pl
 
 from checks.errors import ConfigurationError
 from checks.schemas import DAILY_PRICES
+from resources.sources.base import Dataset
 
-from .base import OneMarketDailyBars, fetch_all, no_listing, rate_limit, required_env
+from .base import OneMarketDailyBars, no_listing, rate_limit, required_env
 from .errors import BadRequest, NotFound, Unauthorized
 from .http import ProviderHttp, RetryPolicy
 from .values import (
@@ -55,7 +56,6 @@ from .values import (
     evidence,
     served,
     unread_numbers,
-    us_close,
 )
 
 PROVIDER = "finnhub"
@@ -106,6 +106,7 @@ class FinnhubSource(OneMarketDailyBars):
     name = PROVIDER
     market = MARKET
     wrong_market = ConfigurationError
+    datasets = frozenset({Dataset.DAILY_BARS})
 
     def __init__(
         self,
@@ -126,22 +127,13 @@ class FinnhubSource(OneMarketDailyBars):
         self.timeout = timeout or TIMEOUT
         self.concurrency = rate[0]
         self._clock = clock or (lambda: now())
+        self.missing: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"FinnhubSource(base_url={self.base_url!r}, rate={self.rate})"
 
-    def _http(self) -> ProviderHttp:
-        return ProviderHttp.shared(
-            PROVIDER,
-            self.base_url,
-            credential=[self._api_key],
-            requests=self.rate[0],
-            per_seconds=self.rate[1],
-            secrets=[self._api_key],
-            retry=self.retry,
-            timeout=self.timeout,
-            max_connections=max(1, min(self.concurrency, 64)),
-        )
+    def _keys(self) -> tuple[list[str], list[str]]:
+        return [self._api_key], [self._api_key]
 
     async def _get(self, http: ProviderHttp, endpoint: str, symbol: str, params: dict) -> Any:
         def classify(payload: Any, response) -> None:
@@ -174,25 +166,15 @@ class FinnhubSource(OneMarketDailyBars):
         raise no_listing(PROVIDER, market)
 
     async def _daily(self, sessions: Sequence[dt.date], symbols: Sequence[str]) -> pl.DataFrame:
-        wanted = set(sessions)
-        first, last = min(wanted), max(wanted)
+        first, last = min(sessions), max(sessions)
         async with self._http() as http:
 
             async def fetch(symbol: str) -> pl.DataFrame:
                 return await self._candles(http, symbol, first, last)
 
-            frames, missing = await fetch_all(
-                list(dict.fromkeys(symbols)), fetch, concurrency=self.concurrency
-            )
-        if missing:
-            log.warning(
-                "finnhub %s: no data for %d symbol(s): %s",
-                CANDLE,
-                len(missing),
-                ", ".join(sorted(missing)),
-            )
+            frames = await self.fetch_symbols(Dataset.DAILY_BARS, symbols, fetch, first_alone=True)
         frame = pl.concat([pl.DataFrame(schema=DAILY_PRICES), *frames], how="diagonal")
-        outside = len(frame) - len(served(frame, "us", list(wanted)))
+        outside = len(frame) - len(served(frame, MARKET, sessions))
         if outside:
             log.warning(
                 "finnhub %s: %d bar(s) of sessions this run does not materialize left to theirs",
@@ -200,15 +182,7 @@ class FinnhubSource(OneMarketDailyBars):
                 outside,
             )
         # A running session's candle is the day so far, not the session's bar.
-        running = {d for d in wanted if us_close(d) > self._clock()}
-        if running and frame["trade_date"].is_in(list(running)).any():
-            log.warning(
-                "finnhub %s: bars of sessions not closed yet (%s) not stored",
-                CANDLE,
-                ", ".join(map(str, sorted(running))),
-            )
-        # Undated and off-session bars stay: validation quarantines them, never a silent loss.
-        return served(frame, "us", sorted(wanted - running))
+        return self.without_running(frame, self._clock())
 
     async def _candles(
         self, http: ProviderHttp, symbol: str, first: dt.date, last: dt.date

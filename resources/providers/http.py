@@ -10,6 +10,7 @@ which moves a fallback chain to its next source.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import random
@@ -23,7 +24,6 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 
 from checks.errors import ConfigurationError
 
-from .base import credential_id
 from .breaker import CircuitBreaker, shared_breaker
 from .errors import (
     BadRequest,
@@ -55,6 +55,11 @@ DETAIL_LIMIT = 1000  # characters of any error detail, after masking
 # Request headers and query parameters whose values are credentials, whatever the provider.
 SECRET_HEADERS = frozenset({"authorization", "appkey", "appsecret", "x-finnhub-token", "auth_key"})
 SECRET_PARAMS = frozenset({"apikey", "token", "crumb", "appkey", "appsecret"})
+
+
+def credential_id(*parts: str | None) -> str:
+    """A stable, non-reversible id of a credential, to key limiters and token caches."""
+    return hashlib.sha256("\0".join(p or "" for p in parts).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

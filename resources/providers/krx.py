@@ -36,9 +36,9 @@ import polars as pl
 
 from checks import markets
 from checks.schemas import DAILY_PRICES, PRICE_COLUMNS, RAW, UNIVERSE, with_evidence
-from resources.sources.base import SourceError
+from resources.sources.base import Dataset, SourceError
 
-from .base import OneMarketDailyBars, bars_by_date, rate_limit, required_env, run_sync
+from .base import OneKeySource, OneMarketDailyBars, bars_by_date, rate_limit, required_env, run_sync
 from .errors import BadRequest, ProviderError, RateLimited, Unauthorized
 from .http import ProviderHttp, RetryPolicy
 from .values import SEOUL, parse_number
@@ -133,7 +133,7 @@ def _classify(http: ProviderHttp, endpoint: str):
 
 
 @dataclass(frozen=True)
-class KrxSource(OneMarketDailyBars):
+class KrxSource(OneKeySource, OneMarketDailyBars):
     market: ClassVar[str] = "krx"
     api_key: str = field(repr=False)
     base_url: str = DEFAULT_BASE_URL
@@ -142,19 +142,8 @@ class KrxSource(OneMarketDailyBars):
     retry: RetryPolicy | None = RETRY
     timeout: float = TIMEOUT
     name: str = NAME
-
-    def _http(self) -> ProviderHttp:
-        return ProviderHttp.shared(
-            NAME,
-            self.base_url,
-            credential=[self.api_key],
-            requests=self.requests,
-            per_seconds=self.per_seconds,
-            secrets=[self.api_key],
-            retry=self.retry,
-            timeout=self.timeout,
-            max_connections=self.requests,
-        )
+    missing: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    datasets: ClassVar[frozenset[Dataset]] = frozenset({Dataset.DAILY_BARS, Dataset.UNIVERSE})
 
     async def _board_rows(self, http: ProviderHttp, board: str, day: dt.date) -> list[dict]:
         endpoint = BOARDS[board]
@@ -192,7 +181,15 @@ class KrxSource(OneMarketDailyBars):
                 return frame
 
             frames = await asyncio.gather(*(one(b, d) for d in sessions for b in BOARDS))
-        return bars_by_date(frames)
+        bars = bars_by_date(frames)
+        # A whole board per session: a symbol in none of them is unknown to KRX on those days.
+        found = set(bars["symbol"].drop_nulls())
+        span = f"{sessions[0]}..{sessions[-1]}"
+        unknown = [s for s in dict.fromkeys(symbols) if s not in found]
+        self.record_missing(
+            Dataset.DAILY_BARS, {s: f"not listed on KOSPI or KOSDAQ on {span}" for s in unknown}
+        )
+        return bars
 
     async def _listing(self, today: dt.date) -> tuple[dt.date | None, list[dict]]:
         recent = [d for d in markets.all_sessions("krx") if d <= today][-UNIVERSE_LOOKBACK:]

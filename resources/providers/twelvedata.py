@@ -14,9 +14,7 @@ call, 8 per minute on the free plan; MARKETPIPE_TWELVEDATA_RATE_LIMIT sets anoth
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import os
-import zoneinfo
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -25,11 +23,12 @@ import polars as pl
 
 from checks.schemas import DAILY_PRICES, PRICE_COLUMNS, RAW, with_evidence
 from checks.schemas import INTRADAY_BARS as SESSION_INTRADAY_BARS
+from resources.sources.base import Dataset
 
 from .base import (
+    OneKeySource,
     OneMarketDailyBars,
     bars_by_date,
-    fetch_each,
     no_listing,
     rate_limit,
     required_env,
@@ -37,9 +36,7 @@ from .base import (
 )
 from .errors import BadRequest, NotFound, ProviderError, RateLimited, Unauthorized
 from .http import ProviderHttp, RetryPolicy
-from .values import parse_number, served, us_close
-
-log = logging.getLogger(__name__)
+from .values import parse_number
 
 NAME = "twelvedata"
 DEFAULT_BASE_URL = "https://api.twelvedata.com"
@@ -88,7 +85,7 @@ def _evidence(frame: pl.DataFrame) -> list[str]:
 
 
 @dataclass(frozen=True)
-class TwelveDataSource(OneMarketDailyBars):
+class TwelveDataSource(OneKeySource, OneMarketDailyBars):
     market: ClassVar[str] = "us"
     api_key: str = field(repr=False)
     base_url: str = DEFAULT_BASE_URL
@@ -98,20 +95,8 @@ class TwelveDataSource(OneMarketDailyBars):
     timeout: float = TIMEOUT
     now: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC), repr=False)
     name: str = NAME
-
-    def http(self) -> ProviderHttp:
-        """A session for many calls: `async with source.http() as http:`."""
-        return ProviderHttp.shared(
-            NAME,
-            self.base_url,
-            credential=[self.api_key],
-            requests=self.requests,
-            per_seconds=self.per_seconds,
-            secrets=[self.api_key],
-            retry=self.retry,
-            timeout=self.timeout,
-            max_connections=self.requests,
-        )
+    missing: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    datasets: ClassVar[frozenset[Dataset]] = frozenset({Dataset.DAILY_BARS, Dataset.INTRADAY_BARS})
 
     def _classify(self, http: ProviderHttp, symbol: str):
         def classify(payload: Any, response) -> None:
@@ -158,11 +143,6 @@ class TwelveDataSource(OneMarketDailyBars):
         meta = payload.get("meta") if isinstance(payload.get("meta"), dict) else {}
         return parse_values(values, symbol), meta.get("exchange_timezone") or EXCHANGE_TZ
 
-    def _last_closed_session_day(self) -> dt.date:
-        now = self.now()
-        today = now.astimezone(zoneinfo.ZoneInfo(EXCHANGE_TZ)).date()
-        return today if now.timestamp() >= us_close(today) else today - dt.timedelta(days=1)
-
     async def _daily_symbol(
         self, http: ProviderHttp, symbol: str, days: list[dt.date]
     ) -> pl.DataFrame:
@@ -186,24 +166,19 @@ class TwelveDataSource(OneMarketDailyBars):
         if not frames and not_found is not None:
             raise not_found
         frame = pl.concat(frames, how="diagonal") if frames else parse_values([], symbol)
-        frame = frame.with_columns(
+        return frame.with_columns(
             trade_date=pl.col("datetime").str.slice(0, 10).str.to_date("%Y-%m-%d", strict=False),
             source=pl.lit(NAME),
         ).select(*(pl.col(c).cast(t) for c, t in DAILY_PRICES.items()), *_evidence(frame))
-        # A partial bar of a session that has not closed yet waits for that session's run.
-        running = (pl.col("trade_date") > self._last_closed_session_day()).fill_null(False)
-        # Undated and off-session rows stay for the quarantine; other sessions are their runs'.
-        return served(frame.filter(~running), self.market, days)
 
     async def _daily(self, days: list[dt.date], symbols: Sequence[str]) -> pl.DataFrame:
-        """One call per symbol (per 5,000 sessions), at most `requests` in flight."""
-        async with self.http() as http:
-            frames, missing = await fetch_each(
-                symbols, lambda s: self._daily_symbol(http, s, days), concurrency=self.requests
+        """One call per symbol (per 5,000 sessions), at most `requests` in flight; a partial bar
+        of a session that has not closed yet waits for a run after its close."""
+        async with self._http() as http:
+            frames = await self.fetch_symbols(
+                Dataset.DAILY_BARS, symbols, lambda s: self._daily_symbol(http, s, days)
             )
-        if missing:
-            log.warning("twelvedata: no daily bars for %d symbol(s): %s", len(missing), missing)
-        return bars_by_date(frames)
+        return self.without_running(bars_by_date(frames), self.now().timestamp())
 
     async def session_intraday_bars(
         self, symbol: str, session: dt.date, *, http: ProviderHttp | None = None
@@ -214,7 +189,7 @@ class TwelveDataSource(OneMarketDailyBars):
         (meta.exchange_timezone). Pass an open `http` to share one session across calls.
         """
         if http is None:
-            async with self.http() as own:
+            async with self._http() as own:
                 return await self.session_intraday_bars(symbol, session, http=own)
         values, zone = await self._time_series(
             http,
@@ -238,14 +213,13 @@ class TwelveDataSource(OneMarketDailyBars):
         self, market: str, sessions: Sequence[dt.date], symbols: Sequence[str]
     ) -> pl.DataFrame:
         """Source.intraday_bars: one call per (symbol, session), `trade_date` the session."""
-        self._check_market(market)
-        days = sorted(set(sessions))
-        if not days or not symbols:
+        days = self._asked(market, sessions, symbols)
+        if not days:
             return pl.DataFrame(schema=SESSION_INTRADAY_BARS)
         return run_sync(self._intraday(days, symbols))
 
     async def _intraday(self, days: list[dt.date], symbols: Sequence[str]) -> pl.DataFrame:
-        async with self.http() as http:
+        async with self._http() as http:
 
             async def fetch(symbol: str) -> pl.DataFrame:
                 frames = [
@@ -256,9 +230,7 @@ class TwelveDataSource(OneMarketDailyBars):
                 ]
                 return pl.concat(frames)
 
-            frames, missing = await fetch_each(symbols, fetch, concurrency=self.requests)
-        if missing:
-            log.warning("twelvedata: no intraday bars for %d symbol(s): %s", len(missing), missing)
+            frames = await self.fetch_symbols(Dataset.INTRADAY_BARS, symbols, fetch)
         return pl.concat([pl.DataFrame(schema=SESSION_INTRADAY_BARS), *frames], how="diagonal")
 
     def universe(self, market: str) -> pl.DataFrame:

@@ -18,6 +18,7 @@ SEOUL = ZoneInfo("Asia/Seoul")
 # The latest regular close of a US session: the close assumed for a day the calendar does not
 # list as a session (a weekend, a holiday, beyond its end), so a bar of it is final only after it.
 LATEST_US_CLOSE = dt.time(16, 0)
+LATEST_CLOSE = {"us": (LATEST_US_CLOSE, NEW_YORK), "krx": (dt.time(15, 30), SEOUL)}
 
 
 def number_text(column: str) -> pl.Expr:
@@ -91,13 +92,19 @@ def epoch(day: dt.date, at: dt.time, zone: dt.tzinfo) -> int:
     return int(dt.datetime.combine(day, at, zone).timestamp())
 
 
+def session_close(market: str, day: dt.date) -> int:
+    """Epoch seconds of the close of `market`'s session on `day`, from the exchange calendar
+    (13:00 New York on a US half day): a bar of it counts as final only after it, so waiting for
+    it never stores a partial bar. The latest regular close on a day that is not a session."""
+    if is_session(market, day):
+        return int(session_bounds(market, day)[1].timestamp())
+    latest, zone = LATEST_CLOSE[market]
+    return epoch(day, latest, zone)
+
+
 def us_close(day: dt.date) -> int:
-    """Epoch seconds of the close of the US session on `day`, from the exchange calendar (13:00
-    New York on a half day): a bar of it counts as final only after it, so waiting for it never
-    stores a partial bar. LATEST_US_CLOSE on a day that is not a session."""
-    if is_session("us", day):
-        return int(session_bounds("us", day)[1].timestamp())
-    return epoch(day, LATEST_US_CLOSE, NEW_YORK)
+    """session_close of the US market."""
+    return session_close("us", day)
 
 
 def date_of(stamp: int | float, zone: dt.tzinfo) -> dt.date:

@@ -4,9 +4,22 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from typing import Protocol
+from enum import StrEnum
+from typing import ClassVar, Protocol
 
 import polars as pl
+
+
+class Dataset(StrEnum):
+    """The datasets a source can serve. Each source declares its own in `datasets`, and a caller
+    asks `serves(source, dataset)` (or `require`) instead of probing for a method."""
+
+    UNIVERSE = "universe"  # universe(market)
+    DAILY_BARS = "daily_bars"  # daily_bars(market, sessions, symbols)
+    INTRADAY_BARS = "intraday_bars"  # intraday_bars(market, sessions, symbols)
+    ORDER_BOOKS = "order_books"  # async order_book(symbol): the live book, `async with source:`
+    ORDER_BOOK_HISTORY = "order_book_history"  # order_book_history(market, sessions, symbols, ..)
+    OPTION_CHAINS = "option_chains"  # async option_chain(symbol, quote_date): the current chain
 
 
 class SourceUnavailable(RuntimeError):
@@ -19,6 +32,7 @@ class SourceError(RuntimeError):
 
 class Source(Protocol):
     name: str
+    datasets: ClassVar[frozenset[Dataset]]  # what it serves
 
     def universe(self, market: str) -> pl.DataFrame:
         """Every symbol the source lists for the market, in the universe schema."""
@@ -34,16 +48,55 @@ class Source(Protocol):
         ...
 
 
+# The method each dataset is served by, for a source that declares no `datasets` (a test double,
+# a class from outside this package): what it has is what it serves.
+METHODS = {
+    Dataset.UNIVERSE: "universe",
+    Dataset.DAILY_BARS: "daily_bars",
+    Dataset.INTRADAY_BARS: "intraday_bars",
+    Dataset.ORDER_BOOKS: "order_book",
+    Dataset.ORDER_BOOK_HISTORY: "order_book_history",
+    Dataset.OPTION_CHAINS: "option_chain",
+}
+
+
+def datasets_of(source) -> frozenset[Dataset]:
+    """The datasets `source` declares; for one that declares none, those it has a method for."""
+    declared = getattr(source, "datasets", None)
+    if declared is not None:
+        return frozenset(declared)
+    return frozenset(d for d, method in METHODS.items() if callable(getattr(source, method, None)))
+
+
+def serves(source, dataset: str, market: str | None = None) -> bool:
+    """Whether `source` serves `dataset` (for `market`: a provider names its markets)."""
+    markets = getattr(source, "markets", None)  # None: any market (synthetic, files)
+    in_market = market is None or markets is None or market in markets
+    return dataset in datasets_of(source) and in_market
+
+
+def require(source, dataset: str, market: str, detail: str = "") -> None:
+    """SourceUnavailable naming source, dataset and market unless `source` serves them, so a
+    fallback chain moves on to its next source."""
+    if serves(source, dataset, market):
+        return
+    markets = getattr(source, "markets", None)
+    where = f" (it serves market {', '.join(markets)})" if markets and market not in markets else ""
+    raise SourceUnavailable(
+        f"the {source.name} source has no {dataset.replace('_', ' ')} for market {market!r}"
+        f"{where}{detail}"
+    )
+
+
 def intraday_bars(
     source, market: str, sessions: Sequence[dt.date], symbols: Sequence[str]
 ) -> pl.DataFrame:
     """The source's 15-minute bars (the intraday_bars schema, `trade_date` the session), for the
-    sources that have them (an optional method); any other source is unavailable, so a chain
-    moves on to the next."""
-    method = getattr(source, "intraday_bars", None)
-    if method is None:
-        raise SourceUnavailable(f"the {source.name} source has no intraday bars")
-    return method(market, sessions, symbols)
+    sources that declare them; any other source is unavailable, so a chain moves on."""
+    if isinstance(source, FallbackSource):
+        return source.intraday_bars(market, sessions, symbols)
+    require(source, Dataset.INTRADAY_BARS, market)
+    return source.intraday_bars(market, sessions, symbols)
 
 
 class FallbackSource:
@@ -57,6 +110,8 @@ class FallbackSource:
     def __init__(self, sources: Sequence[Source]):
         self.sources = list(sources)
         self.name = ",".join(s.name for s in self.sources)
+        # What any source of the chain serves: each call still moves on past those that do not.
+        self.datasets = frozenset().union(*(datasets_of(s) for s in self.sources))
         self.last_failures: list[dict[str, str]] = []
 
     def first_available(self, call):

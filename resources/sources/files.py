@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 from zoneinfo import ZoneInfo
 
 import fsspec
@@ -26,7 +27,7 @@ import polars as pl
 from checks.markets import MARKETS, all_sessions, latest_on_or_before
 from checks.schemas import DAILY_PRICES, RAW, UNIVERSE, conform
 
-from .base import SourceError, SourceUnavailable
+from .base import Dataset, SourceError, SourceUnavailable
 from .landing_files import RejectedFile, SessionUniverse, read_landing_file, session_universe
 
 _SUFFIXES = (".csv", ".parquet")
@@ -61,6 +62,7 @@ class FilesSource:
 
     landing_url: str = "data/landing"
     name: str = "files"
+    datasets: ClassVar[frozenset[Dataset]] = frozenset({Dataset.UNIVERSE, Dataset.DAILY_BARS})
     # The messages of the files the latest reads left out, one per file.
     rejected: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 

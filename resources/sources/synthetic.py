@@ -12,6 +12,7 @@ import datetime as dt
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import polars as pl
@@ -26,6 +27,7 @@ from checks.schemas import (
     UNIVERSE,
 )
 
+from .base import Dataset
 from .synthetic_books import order_book_history as synthetic_order_books
 from .synthetic_draws import hashes, shocks, uniform_pair, uniforms
 
@@ -74,6 +76,15 @@ class SyntheticSource:
     missing_rate: float = 0.01
     bad_row_rate: float = 0.002
     name: str = "synthetic"
+    datasets: ClassVar[frozenset[Dataset]] = frozenset(
+        {
+            Dataset.UNIVERSE,
+            Dataset.DAILY_BARS,
+            Dataset.INTRADAY_BARS,
+            Dataset.ORDER_BOOK_HISTORY,
+            Dataset.OPTION_CHAINS,
+        }
+    )
 
     def _epoch_sessions(self, market: str) -> list[dt.date]:
         return [d for d in markets.all_sessions(market) if d >= EPOCH]
