@@ -17,6 +17,7 @@ from typing import ClassVar, TypeVar
 import polars as pl
 
 from checks.errors import ConfigurationError
+from checks.markets import is_session
 from checks.schemas import DAILY_PRICES
 from resources.sources.base import Dataset, SourceError
 
@@ -249,7 +250,11 @@ class OneMarketDailyBars:
         calendar's close, half days included): a running session's bar is the day so far, not
         the session's, and waits for a run after the close (the symbol counts missing till then)."""
         dates = frame["trade_date"].drop_nulls().unique().to_list()
-        running = sorted(d for d in dates if session_close(self.market, d) > now)
+        # A bar dated on no session (a weekend, a holiday) is not a running session's: it stays
+        # for the quarantine (not_a_session), whatever its date.
+        running = sorted(
+            d for d in dates if is_session(self.market, d) and session_close(self.market, d) > now
+        )
         if not running:
             return frame
         log.warning(
