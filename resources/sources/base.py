@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar
 
 import polars as pl
+
+T = TypeVar("T")
 
 
 class SourceUnavailable(RuntimeError):
@@ -59,7 +61,7 @@ class FallbackSource:
         self.name = ",".join(s.name for s in self.sources)
         self.last_failures: list[dict[str, str]] = []
 
-    def first_available(self, call):
+    def first_available(self, call: Callable[[Source], T]) -> T:
         """call(source) on each source in order until one serves; SourceUnavailable when none
         can, naming each one's reason. Datasets beyond daily bars use this for their own
         dispatch (order books, option chains)."""
