@@ -35,6 +35,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check marketpipe_assets resources checks tests bench
 	$(BIN)/ruff format --check marketpipe_assets resources checks tests bench
 	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy
 
 # From DAGSTER_HOME: `dagster dev` warns about any dagster.yaml in its working directory that is
 # not DAGSTER_HOME's, and the repository's is only the template written there by `install`.

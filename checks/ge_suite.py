@@ -18,11 +18,11 @@ standardised frames (everything stored in or quarantined by the lake is).
 from __future__ import annotations
 
 from functools import cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import polars as pl
 
-from .rulebook import DAILY_PRICE_RULES, Rule
+from .rulebook import DAILY_PRICE_RULES, ExpectationConstraint, Rule
 from .schemas import RAW
 
 if TYPE_CHECKING:
@@ -46,7 +46,8 @@ def build_suite(rules: tuple[Rule, ...] = DAILY_PRICE_RULES) -> gx.ExpectationSu
     suite = gx.ExpectationSuite(name=SUITE_NAME)
     for rule in rules:
         for constraint in rule.constraints:
-            class_name, kwargs = constraint.expectation()
+            # The daily rules' constraints all have a GE form (tests/test_ge_parity.py).
+            class_name, kwargs = cast(ExpectationConstraint, constraint).expectation()
             expectation_class = getattr(gx.expectations, class_name)
             suite.add_expectation(
                 expectation_class(**kwargs, meta={_RULE_META: rule.name}, catch_exceptions=False)

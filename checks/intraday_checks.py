@@ -8,6 +8,7 @@ Blocking: INTRADAY_PRICE_RULES_CHECK (no stored bar breaks a rule) and INTRADAY_
 from __future__ import annotations
 
 import datetime as dt
+from typing import cast
 
 import dagster as dg
 import polars as pl
@@ -157,7 +158,8 @@ def bar_count_result(counts: pl.DataFrame) -> dg.AssetCheckResult:
         metadata={
             "tolerance": BAR_COUNT_TOLERANCE,
             "short_symbol_sessions": len(short),
-            "min_ratio": float(counts["ratio"].min()) if len(counts) else 1.0,
+            # polars types a Series' min as any Python value or None; this is a float's.
+            "min_ratio": float(cast(float, counts["ratio"].min())) if len(counts) else 1.0,
             "preview": dg.MetadataValue.md(markdown_table(short)),
         },
     )

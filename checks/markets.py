@@ -125,7 +125,9 @@ def with_filing(
     quarantined: pl.DataFrame, sessions: Sequence[dt.date], date_column: str = "trade_date"
 ) -> pl.DataFrame:
     """Quarantined rows with FILED_UNDER, the partition that keeps them."""
-    filing = filed_under(quarantined[date_column], sessions) if len(quarantined) else []
+    filing: pl.Series | list[dt.date] = (
+        filed_under(quarantined[date_column], sessions) if len(quarantined) else []
+    )
     return quarantined.with_columns(pl.Series(FILED_UNDER, filing, dtype=pl.Date))
 
 

@@ -4,6 +4,7 @@ put-call parity warning and the underlying-completeness check of us/option_chain
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import dagster as dg
 import numpy as np
@@ -191,7 +192,8 @@ def parity_breaks(
 
 def parity_result(stored: pl.DataFrame, rate: float, tolerance: float) -> dg.AssetCheckResult:
     breaks = parity_breaks(stored, rate, tolerance)
-    worst = float(breaks["deviation"].max()) if len(breaks) else 0.0
+    # polars types a Series' max as any Python value or None; this is a float's.
+    worst = float(cast(float, breaks["deviation"].max())) if len(breaks) else 0.0
     return dg.AssetCheckResult(
         check_name=PUT_CALL_PARITY,
         passed=breaks.is_empty(),

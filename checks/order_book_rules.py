@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import cast
 
 import dagster as dg
 import numpy as np
@@ -241,7 +242,8 @@ def coverage_by_session(
 def coverage_result(by_session: pl.DataFrame) -> dg.AssetCheckResult:
     threshold = 100 * COVERAGE_THRESHOLD
     short = by_session.filter(pl.col("coverage_pct") < threshold)
-    lowest = float(by_session["coverage_pct"].min()) if len(by_session) else 100.0
+    # polars types a Series' min as any Python value or None; this is a float's.
+    lowest = float(cast(float, by_session["coverage_pct"].min())) if len(by_session) else 100.0
     listed = ", ".join(
         f"{d} {c:.2f}%" for d, c in short.select("trade_date", "coverage_pct").rows()
     )

@@ -6,6 +6,7 @@ price_relationships and completeness block indicators; suspicious_jumps only war
 from __future__ import annotations
 
 import datetime as dt
+from typing import cast
 
 import dagster as dg
 import numpy as np
@@ -122,7 +123,8 @@ def completeness_result(
     pct = pl.col("completeness_pct")
     below = by_session.filter(pct < THRESHOLD_PCT)
     partial = by_session.filter((pct >= THRESHOLD_PCT) & (pct < 100))
-    worst = float(by_session["completeness_pct"].min()) if len(by_session) else 100.0
+    # polars types a Series' min as any Python value or None; this is a float's.
+    worst = float(cast(float, by_session["completeness_pct"].min())) if len(by_session) else 100.0
     if len(below):
         description = f"{len(below)} session(s) below {THRESHOLD_PCT:g}%: " + ", ".join(
             f"{d} {c:.2f}%" for d, c in below.select("trade_date", pct).rows()[:10]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import polars as pl
 
@@ -170,17 +171,19 @@ class OneOfDates:
         return (~pl.col(self.column).is_in(pl.Series(self.days, dtype=pl.Date))).fill_null(False)
 
 
-Constraint = (
-    NotNull
-    | AtLeast
-    | PairAtLeast
-    | UniqueTogether
-    | WithinColumns
-    | Finite
-    | NotBlank
-    | Parsed
-    | OneOfDates
-)
+class Constraint(Protocol):
+    """What a rule is made of: the classes above, and datasets' own (option_rules,
+    order_book_rules)."""
+
+    def broken(self) -> pl.Expr:
+        """True where a row breaks the constraint."""
+
+
+class ExpectationConstraint(Constraint, Protocol):
+    """A constraint Great Expectations can check too (checks/ge_suite.py)."""
+
+    def expectation(self) -> tuple[str, dict]:
+        """The GE expectation's class name and keyword arguments."""
 
 
 @dataclass(frozen=True)

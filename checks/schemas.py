@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 import polars as pl
+from polars.datatypes import DataTypeClass
 
-UNIVERSE = pl.Schema(
+
+def make_schema(columns: Mapping[str, pl.DataType | DataTypeClass]) -> pl.Schema:
+    """pl.Schema(columns). Against pl.Schema's own argument type (a union of mappings,
+    iterables and Arrow schemas) mypy reads a dict that mixes dtype classes (pl.String) and
+    instances (pl.Datetime("us", "UTC")) as dict[str, object]; this one type checks each column."""
+    return pl.Schema(columns)
+
+
+UNIVERSE = make_schema(
     {
         "symbol": pl.String,
         "name": pl.String,
@@ -17,7 +27,7 @@ UNIVERSE = pl.Schema(
 
 PRICE_COLUMNS = ("open", "high", "low", "close")
 
-DAILY_PRICES = pl.Schema(
+DAILY_PRICES = make_schema(
     {
         "symbol": pl.String,
         "trade_date": pl.Date,
@@ -28,7 +38,7 @@ DAILY_PRICES = pl.Schema(
 )
 
 # CONTRACT section 5 columns, plus `trade_date`: the session the bar belongs to (its partition).
-INTRADAY_BARS = pl.Schema(
+INTRADAY_BARS = make_schema(
     {
         "symbol": pl.String,
         "bar_start": pl.Datetime("us", "UTC"),
@@ -42,7 +52,7 @@ INTRADAY_BAR_MINUTES = 15
 # CONTRACT section 5 columns, plus `trade_date` (the session, as for intraday bars). An empty
 # level has null prices and zero sizes.
 ORDER_BOOK_LEVELS = 10
-ORDER_BOOK_SNAPSHOTS = pl.Schema(
+ORDER_BOOK_SNAPSHOTS = make_schema(
     {
         "symbol": pl.String,
         "snapshot_ts": pl.Datetime("us", "UTC"),
@@ -57,7 +67,7 @@ ORDER_BOOK_SNAPSHOTS = pl.Schema(
 # Derived per row (marketpipe_assets/order_books.py): the snapshot's best-level mid, spread and
 # spread in percent of mid, the depth summed from level 1 to this level on each side, and the
 # imbalance of that depth, (bid - ask) / (bid + ask), in [-1, 1].
-ORDER_BOOKS = pl.Schema(
+ORDER_BOOKS = make_schema(
     {
         **ORDER_BOOK_SNAPSHOTS,
         **{c: pl.Float64 for c in ("mid", "spread", "spread_pct")},
@@ -81,13 +91,13 @@ INDICATOR_COLUMNS = (
     "obv",
 )
 
-INDICATORS = pl.Schema(
+INDICATORS = make_schema(
     {"symbol": pl.String, "trade_date": pl.Date, **{c: pl.Float64 for c in INDICATOR_COLUMNS}}
 )
 
 
 # What a vendor (or the synthetic source) serves per contract; OPTION_CHAINS adds the derived.
-OPTION_CHAIN_VENDOR = pl.Schema(
+OPTION_CHAIN_VENDOR = make_schema(
     {
         "quote_date": pl.Date,
         "underlying": pl.String,
@@ -104,7 +114,7 @@ OPTION_CHAIN_VENDOR = pl.Schema(
         "underlying_price": pl.Float64,
     }
 )
-OPTION_CHAINS = pl.Schema(
+OPTION_CHAINS = make_schema(
     {
         **OPTION_CHAIN_VENDOR,
         # Derived (checks/greeks.py): theta per calendar day, vega per vol point.
@@ -115,7 +125,7 @@ OPTION_CHAINS = pl.Schema(
 
 # CONTRACT section 5, plus `trade_id`: the trade's identity (the provider's id, or a hash of its
 # fields and its position in the stream), which makes every flush and replay idempotent.
-TRADES = pl.Schema(
+TRADES = make_schema(
     {
         "symbol": pl.String,
         "ts": pl.Datetime("ms", "UTC"),
@@ -126,7 +136,7 @@ TRADES = pl.Schema(
     }
 )
 
-TRADE_AGGREGATES = pl.Schema(
+TRADE_AGGREGATES = make_schema(
     {
         "symbol": pl.String,
         "hour_start": pl.Datetime("ms", "UTC"),
@@ -152,7 +162,7 @@ def quarantine_schema(schema: pl.Schema) -> pl.Schema:
     """The columns every quarantine file has. Files also carry `raw` (and daily datasets
     `filed_under`); readers that want that evidence ask for it, so files written before it
     existed stay readable."""
-    return pl.Schema({**schema, "violations": pl.List(pl.String)})
+    return make_schema({**schema, "violations": pl.List(pl.String)})
 
 
 def _read_as(

@@ -25,7 +25,7 @@ from .rulebook import (
     named_rule,
     validate,
 )
-from .schemas import TRADES, quarantine_schema
+from .schemas import TRADES, make_schema, quarantine_schema
 
 SESSION = "session"  # the session date a row belongs to: its partition
 LOW, HIGH = "_session_low", "_session_high"
@@ -51,8 +51,8 @@ TRADE_RULES: tuple[Rule, ...] = (
         (WithinColumns("ts", LOW, HIGH),),
     ),
 )
-CLEAN = pl.Schema({**TRADES, SESSION: pl.Date})
-QUARANTINE = pl.Schema({**quarantine_schema(TRADES), "raw": pl.String, SESSION: pl.Date})
+CLEAN = make_schema({**TRADES, SESSION: pl.Date})
+QUARANTINE = make_schema({**quarantine_schema(TRADES), "raw": pl.String, SESSION: pl.Date})
 _TS = pl.Datetime("ms", "UTC")
 
 

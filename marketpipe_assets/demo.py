@@ -33,7 +33,7 @@ PER_LINE = 7  # completeness figures per line
 MAX_WARNINGS = 5  # per run; the rest are in the UI
 
 
-def checks_of(keys: set[dg.AssetKey]) -> list[dg.AssetChecksDefinition]:
+def checks_of(keys: set[dg.AssetKey]) -> list[dg.AssetsDefinition]:
     """Every separately defined check of these assets (GE, symbol freshness), as the UI's
     Materialize runs them, so the demo leaves none of them unevaluated."""
     return [
@@ -82,7 +82,8 @@ def _problems(result: dg.ExecuteInProcessResult, instance: dg.DagsterInstance) -
         lines.append(_line(f"FAILED {event.step_key}: {text}"))
     warnings = []
     for entry in instance.all_logs(result.run_id):
-        if not entry.is_dagster_event and entry.level >= logging.WARNING:
+        # An int (a logging level) in every stored entry; dagster types it str | int.
+        if not entry.is_dagster_event and int(entry.level) >= logging.WARNING:
             first = (entry.user_message.strip().splitlines() or [""])[0]
             if first and first not in warnings:
                 warnings.append(first)
@@ -143,7 +144,8 @@ def _summary(market: str, keys: list[str], result: dg.ExecuteInProcessResult, la
     bounds = {"first": sessions[0], "last": sessions[-1]}
     stored = lake.read_partitions("daily_prices", market, DAILY_PRICES, **bounds)
     quarantined = lake.read_quarantine("daily_prices", market, DAILY_PRICES, **bounds)
-    materialized = {e.asset_key.path[-1] for e in result.get_asset_materialization_events()}
+    events = result.get_asset_materialization_events()
+    materialized = {e.asset_key.path[-1] for e in events if e.asset_key is not None}
     if "indicators" in materialized:
         indicators = lake.read_partitions(
             "indicators", market, INDICATORS, columns=["symbol"], **bounds
@@ -166,7 +168,7 @@ def closed_sessions(market: str) -> list[str]:
     """Partition keys of the sessions that have closed: today's session is a partition from
     midnight (for the 18:00 schedule), but its bars do not exist before the close."""
     now = dt.datetime.now(dt.UTC)
-    keys = partitions_def(market).get_partition_keys()
+    keys = list(partitions_def(market).get_partition_keys())
     while keys and session_bounds(market, dt.date.fromisoformat(keys[-1]))[1] > now:
         keys = keys[:-1]
     return keys
@@ -174,6 +176,7 @@ def closed_sessions(market: str) -> list[str]:
 
 def main() -> int:
     started = time.monotonic()
+    assert defs.resources is not None  # definitions.py gives it its resources
     lake = defs.resources["lake"]
     ok = True
     with dg.DagsterInstance.get() as instance:

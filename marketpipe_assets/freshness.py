@@ -73,7 +73,7 @@ def with_freshness(assets: Sequence[dg.AssetsDefinition]) -> list[dg.AssetsDefin
             return dg.apply_freshness_policy(spec, daily_freshness_policy(path[0]))
         return spec
 
-    return dg.map_asset_specs(apply, assets)
+    return list(dg.map_asset_specs(apply, assets))
 
 
 def evaluation_time() -> dt.datetime:

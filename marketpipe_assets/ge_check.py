@@ -21,7 +21,7 @@ import polars as pl
 from checks.ge_suite import ge_version, ge_violation_counts
 from checks.markets import partitions_def, sessions_between
 from checks.rulebook import DAILY_PRICE_RULES
-from checks.schemas import DAILY_PRICES, RAW
+from checks.schemas import DAILY_PRICES, RAW, make_schema
 from resources.lake import LakeResource
 
 GREAT_EXPECTATIONS = "great_expectations"
@@ -41,7 +41,7 @@ def _read_quarantine_with_raw(
 ) -> pl.DataFrame:
     """The quarantine with its `raw` evidence; files written before `raw` existed (or by hand)
     lack it, and nothing of theirs was recorded as unparseable, so theirs reads as null."""
-    evidence = {**DAILY_PRICES, RAW: pl.String}
+    evidence = make_schema({**DAILY_PRICES, RAW: pl.String})
     try:
         return lake.read_quarantine(DATASET, market, evidence, first=first, last=last)
     except (pl.exceptions.PolarsError, ValueError, KeyError):  # pyarrow's ArrowInvalid too

@@ -1,6 +1,8 @@
 """Technical indicators (CONTRACT section 3) computed with TA-Lib over each symbol's history."""
 
 import datetime as dt
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import dagster as dg
 import numpy as np
@@ -19,10 +21,20 @@ HISTORY_COLUMNS = ["symbol", "trade_date", "high", "low", "close", "volume"]
 
 # TA-Lib's C functions themselves: talib's public names wrap them to accept pandas and polars
 # Series, a check that costs more than the computation on a short symbol history.
-SMA, EMA, RSI, MACD, BBANDS, ATR, OBV = (
-    getattr(f, "__wrapped__", f)
-    for f in (talib.SMA, talib.EMA, talib.RSI, talib.MACD, talib.BBANDS, talib.ATR, talib.OBV)
-)
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _c_function(f: _F) -> _F:
+    return getattr(f, "__wrapped__", f)
+
+
+SMA = _c_function(talib.SMA)
+EMA = _c_function(talib.EMA)
+RSI = _c_function(talib.RSI)
+MACD = _c_function(talib.MACD)
+BBANDS = _c_function(talib.BBANDS)
+ATR = _c_function(talib.ATR)
+OBV = _c_function(talib.OBV)
 
 
 def _symbol_indicators(high, low, close, volume) -> tuple[np.ndarray, ...]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 import dagster as dg
 import polars as pl
@@ -70,7 +71,7 @@ def failures_table(failures: Sequence[Mapping[str, str]]) -> dg.MetadataValue:
 
 
 def counts_by_session(
-    sessions: Sequence[dt.date], column: str = "trade_date", **frames: pl.DataFrame
+    sessions: Sequence[dt.date] | Sequence[str], column: str = "trade_date", **frames: pl.DataFrame
 ) -> pl.DataFrame:
     """One row per session (or partition key): `column`, then each frame's row count in it
     (0 if none)."""
@@ -112,12 +113,13 @@ def per_session(
         context.add_asset_metadata(entry, partition_key=_key(day))
     if len(facts) <= 1:
         return {}
-    totals = {}
+    totals: dict[str, int | float] = {}
     for name in values:
         if facts[name].dtype.is_integer():
             totals[f"range_{name}"] = int(facts[name].sum())
         elif facts[name].dtype.is_float():
-            totals[f"range_min_{name}"] = float(facts[name].min())
+            # polars types a Series' min as any Python value or None; this is a float's.
+            totals[f"range_min_{name}"] = float(cast(float, facts[name].min()))
     return {
         "range_first": _key(facts[column].min()),
         "range_last": _key(facts[column].max()),
@@ -178,7 +180,7 @@ def session_metadata(
     }
 
 
-def preview(frame: pl.DataFrame, sessions: list) -> dict:
+def preview(frame: pl.DataFrame, sessions: Sequence) -> dict:
     """A preview for a single-session run. A range run's metadata is copied into every
     partition's materialization event, where a preview of the range would mislead and, over
     thousands of partitions, doubles the size of Dagster's event log."""

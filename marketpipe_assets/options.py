@@ -70,7 +70,11 @@ def live_session(now: dt.datetime | None = None) -> dt.date:
     session, else the latest one before (on a weekend or holiday Yahoo still serves the last
     session's closing quotes)."""
     today = (now or dt.datetime.now(ZoneInfo(MARKETS["us"].timezone))).date()
-    return today if is_session("us", today) else previous_session("us", today)
+    if is_session("us", today):
+        return today
+    previous = previous_session("us", today)
+    assert previous is not None  # the calendar starts years before any live quote
+    return previous
 
 
 def fetch(source: Source, underlyings: Sequence[str], sessions: list[dt.date]) -> pl.DataFrame:
@@ -205,7 +209,7 @@ def _fetch_chains(run: Run) -> pl.DataFrame:
     live = not isinstance(chain[len(failures)], SyntheticSource)
     run.facts.update(
         underlyings=underlyings,
-        served_by=source.sources[len(failures)].name if failures else source.name,
+        served_by=chain[len(failures)].name if failures else source.name,
         fetched_at=fetched_at if live else None,
     )
     return raw
@@ -304,7 +308,9 @@ def store_chains(
 ) -> Stored:
     """The asset's data work outside Dagster, hook by hook, each step timed by `stage` (the
     bench's measure of it)."""
-    run = Run(None, lake, None, "us", sessions, config)
+    # Outside Dagster there is no context nor market data resource: the hooks run here (derive,
+    # validate, checks) read neither.
+    run = Run(None, lake, None, "us", sessions, config)  # type: ignore[arg-type]
     run.facts.update(underlyings=underlyings, fetched_at=fetched_at)
     with stage("derive"):
         frame = _derive_chains(run, raw)

@@ -1,6 +1,7 @@
 """Universe and daily prices per market: fetch, standardise, validate, store, quarantine."""
 
 import datetime as dt
+from typing import Literal, overload
 
 import dagster as dg
 import polars as pl
@@ -57,6 +58,12 @@ def standardise(raw: pl.DataFrame) -> pl.DataFrame:
     return conform(raw, DAILY_PRICES, what="daily bars", evidence=True)
 
 
+@overload
+def load_universe(
+    lake: LakeResource, market: str, *, required: Literal[True] = True
+) -> pl.DataFrame: ...
+@overload
+def load_universe(lake: LakeResource, market: str, *, required: bool) -> pl.DataFrame | None: ...
 def load_universe(lake: LakeResource, market: str, *, required: bool = True) -> pl.DataFrame | None:
     """The stored universe; without one a Failure saying how to make it (None if not required)."""
     frame = lake.read_table("universe", market)

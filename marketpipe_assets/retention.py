@@ -32,7 +32,9 @@ import datetime as dt
 import os
 import re
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import dagster as dg
 import fsspec
@@ -94,7 +96,8 @@ def _files(fs: fsspec.AbstractFileSystem, folder: str) -> dict[str, dict]:
         return {}
 
 
-def _group(units: dict[str, tuple[dt.date | None, int]], cutoff: dt.date) -> list[Expired]:
+def _group(units: Mapping[str, list], cutoff: dt.date) -> list[Expired]:
+    """`units`: path -> [session or None, bytes]."""
     return sorted(
         (Expired(path, day, size) for path, (day, size) in units.items() if day and day < cutoff),
         key=lambda e: e.path,
@@ -220,7 +223,7 @@ def remove_expired(
     )
     for item in pending:
         context.log.warning(f"kept {item.path}: its session is not in the lake yet")
-    summary = {
+    summary: dict[str, Any] = {
         "dry_run": config.dry_run,
         "as_of": today.isoformat(),
         "quarantine": _summary(quarantine, lake.uri),

@@ -141,7 +141,16 @@ def build_hours(
         )
 
 
-def _hour_files(lake, market, hours, hourly, minutes, validated, files, now):
+def _hour_files(
+    lake: LakeResource,
+    market: str,
+    hours: list[dt.datetime],
+    hourly: pl.DataFrame,
+    minutes: pl.DataFrame,
+    validated: Validated,
+    files: list[BatchFile],
+    now: dt.datetime,
+) -> tuple[dict[str, pl.DataFrame], list[str]]:
     """Per hour: minutes, aggregates, quarantined trades (none: the old file goes) and the
     sources stamp that marks it done; published together, so the stamp never runs ahead."""
     staged: dict[str, pl.DataFrame] = {}
@@ -161,7 +170,9 @@ def _hour_files(lake, market, hours, hourly, minutes, validated, files, now):
     return staged, removed
 
 
-def _sources(market: str, hour: dt.datetime, files: list[BatchFile], now: dt.datetime):
+def _sources(
+    market: str, hour: dt.datetime, files: list[BatchFile], now: dt.datetime
+) -> pl.DataFrame:
     rows = []
     for day in trade_days(market, hour, hour + HOUR):
         batches = [f.batch for f in files if f.day == day]
@@ -214,6 +225,7 @@ def trade_aggregates_asset(market: str) -> dg.AssetsDefinition:
         ]
         # Every hour of the run (aggregates, minutes, quarantine, sources) is published together
         # once the blocking reconcile check passes.
+        assert batch is not None  # a run has at least one hour, so one day was built
         yield from publish_if_checks_pass(context, lake, batch, check_results)
         yield dg.MaterializeResult(
             metadata={

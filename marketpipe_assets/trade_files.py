@@ -9,7 +9,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from checks.schemas import TRADES
-from resources.lake import PART_FILE, LakeResource
+from resources.lake import PART_FILE, LakeResource, from_arrow_table
 from resources.publishing import Batch
 
 from .trade_hours import AGGREGATE_SOURCES, HOUR, SOURCES_DATASET, TRADES_DATASET
@@ -73,8 +73,8 @@ def read_trades(
     else:
         bounds = [("ts", ">=", start), ("ts", "<", end)]
         table = pq.read_table(paths, columns=columns, filters=bounds, filesystem=lake.fs)
-        frame = pl.from_arrow(table)
-    return frame.cast(dict(TRADES))
+        frame = from_arrow_table(table)
+    return frame.cast(TRADES)
 
 
 def hour_path(dataset: str, market: str, hour: dt.datetime) -> str:

@@ -10,6 +10,7 @@ import dagster as dg
 import polars as pl
 
 from checks.markets import MARKETS, all_sessions, session_bounds, sessions_between
+from checks.schemas import make_schema
 
 DATASET = "trade_aggregates"
 MINUTES_DATASET = "trade_minutes"
@@ -20,7 +21,7 @@ TRADES_DATASET = "trades"
 QUARANTINE_DATASET = f"quarantine/{DATASET}"
 
 _UTC_MS = pl.Datetime("ms", "UTC")
-TRADE_MINUTES = pl.Schema(
+TRADE_MINUTES = make_schema(
     {
         "symbol": pl.String,
         "minute_start": _UTC_MS,
@@ -30,7 +31,7 @@ TRADE_MINUTES = pl.Schema(
         **{c: pl.Float64 for c in ("open", "high", "low", "close")},
     }
 )
-AGGREGATE_SOURCES = pl.Schema(
+AGGREGATE_SOURCES = make_schema(
     {
         "hour_start": _UTC_MS,
         "trades_date": pl.Date,  # a trades folder (session date) the hour was read from
@@ -124,7 +125,7 @@ def hour_partitions(market: str) -> dg.TimeWindowPartitionsDefinition:
         start=hours[0].replace(tzinfo=None),
         timezone="UTC",
         fmt=KEY_FORMAT,
-        exclusions=cron_exclusions + listed,
+        exclusions=[*cron_exclusions, *listed],
     )
 
 

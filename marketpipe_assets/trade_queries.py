@@ -12,7 +12,7 @@ import datetime as dt
 
 import polars as pl
 
-from checks.schemas import TRADE_AGGREGATES, TRADES
+from checks.schemas import TRADE_AGGREGATES, TRADES, make_schema
 from checks.trade_checks import drop_exact_duplicates, validate_trades
 from resources.lake import LakeResource
 
@@ -34,7 +34,7 @@ STATS_HOURS = 12
 TOP_MINUTES = 60
 # B.3 looks back this far for a symbol's latest trade (a long weekend and then some).
 PRICE_LOOKBACK = dt.timedelta(days=7)
-BUCKETS = pl.Schema(
+BUCKETS = make_schema(
     {
         "start": pl.Datetime("ms", "UTC"),
         "symbol": pl.String,
@@ -51,7 +51,7 @@ def unflushed_trades(market: str) -> pl.DataFrame:
         from resources.trade_spool import read_unflushed
     except ImportError:
         return pl.DataFrame(schema=TRADES)
-    return read_unflushed(market).select(list(TRADES)).cast(dict(TRADES))
+    return read_unflushed(market).select(list(TRADES)).cast(TRADES)
 
 
 def buckets(

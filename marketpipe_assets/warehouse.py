@@ -56,7 +56,8 @@ def load_sessions(
             # Table after table: one table's index pages at a time compete for Postgres' cache.
             for table, schema in TABLES.items():
                 load.deleted[table] = delete_sessions(cur, table, market, load.sessions)
-                load.lake_counts[table] = counts = Counter()
+                counts: Counter[dt.date] = Counter()
+                load.lake_counts[table] = counts
                 for i in range(0, len(load.sessions), SESSIONS_PER_BATCH):
                     chunk = load.sessions[i : i + SESSIONS_PER_BATCH]
                     frame = lake.read_partitions(

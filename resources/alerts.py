@@ -30,6 +30,7 @@ import httpx
 import polars as pl
 
 from checks.errors import ConfigurationError
+from checks.schemas import make_schema
 from resources.lake import LakeResource
 from resources.providers.http import Redactor, seconds_from_env
 
@@ -218,8 +219,8 @@ class Notifier:
         """Every configured channel for a failure: (delivered, {channel: reason undelivered})."""
         s = self.settings
         channels = {}
-        if s.webhook_url:
-            channels["webhook"] = lambda: self.post_json("webhook", s.webhook_url, alert.payload())
+        if url := s.webhook_url:
+            channels["webhook"] = lambda: self.post_json("webhook", url, alert.payload())
         if s.smtp_host:
             channels["email"] = lambda: self.email(alert.subject(), alert.body())
         delivered, undelivered = [], {}
@@ -241,20 +242,22 @@ class Notifier:
 
 
 # The failure log ---------------------------------------------------------------------------
-FAILURE_LOG_SCHEMA = {
-    "run_id": pl.String,
-    "kind": pl.String,
-    "occurred_at": pl.Datetime("us", "UTC"),
-    "job": pl.String,
-    "assets": pl.List(pl.String),
-    "partition": pl.String,
-    "step": pl.String,
-    "checks": pl.List(pl.String),
-    "error": pl.String,
-    "ui_url": pl.String,
-    "notified": pl.List(pl.String),
-    "undelivered": pl.List(pl.String),
-}
+FAILURE_LOG_SCHEMA = make_schema(
+    {
+        "run_id": pl.String,
+        "kind": pl.String,
+        "occurred_at": pl.Datetime("us", "UTC"),
+        "job": pl.String,
+        "assets": pl.List(pl.String),
+        "partition": pl.String,
+        "step": pl.String,
+        "checks": pl.List(pl.String),
+        "error": pl.String,
+        "ui_url": pl.String,
+        "notified": pl.List(pl.String),
+        "undelivered": pl.List(pl.String),
+    }
+)
 
 
 def failure_log_file(alert: Alert) -> str:

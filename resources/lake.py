@@ -16,10 +16,12 @@ import os
 import uuid
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from typing import cast
 
 import dagster as dg
 import fsspec
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import PrivateAttr
 
@@ -290,8 +292,8 @@ class LakeResource(dg.ConfigurableResource):
         if self.is_local:
             frame = pl.read_parquet(paths, columns=list(schema))
         else:
-            frame = pl.from_arrow(pq.read_table(paths, columns=list(schema), filesystem=self.fs))
-        return frame.cast(dict(schema)).rechunk()
+            frame = from_arrow_table(pq.read_table(paths, columns=list(schema), filesystem=self.fs))
+        return frame.cast({c: schema[c] for c in schema}).rechunk()
 
     def existing_days(self, dataset: str, market: str) -> set[dt.date]:
         self.recover()
@@ -333,7 +335,7 @@ class LakeResource(dg.ConfigurableResource):
             # polars reads a list of local files in parallel, ~5x faster than pyarrow here.
             frame = pl.read_parquet(paths, columns=columns)
         else:
-            frame = pl.from_arrow(pq.read_table(paths, columns=columns, filesystem=self.fs))
+            frame = from_arrow_table(pq.read_table(paths, columns=columns, filesystem=self.fs))
         # One chunk per file otherwise: later numpy and pandas conversions pay for each.
         return frame.cast({c: schema[c] for c in columns}).rechunk()
 
@@ -365,8 +367,15 @@ def partition_files(
     return {partition_path(dataset, market, d): by_day.get(d, empty) for d in days}
 
 
-def _split_by_day(frame: pl.DataFrame, date_column: str) -> dict[dt.date, pl.DataFrame]:
+def _split_by_day(frame: pl.DataFrame, date_column: str) -> dict[dt.date | None, pl.DataFrame]:
+    """The frame's rows by day; rows without a date under None."""
     if frame.is_empty():
         return {}
     parts = frame.partition_by(date_column, as_dict=True, maintain_order=True)
     return {key[0]: part for key, part in parts.items()}
+
+
+def from_arrow_table(table: pa.Table) -> pl.DataFrame:
+    """pl.from_arrow of a pyarrow Table, which is a DataFrame (pyarrow has no type hints, so
+    mypy cannot pick that overload and sees DataFrame | Series)."""
+    return cast(pl.DataFrame, pl.from_arrow(table))

@@ -25,7 +25,7 @@ from pathlib import Path
 import polars as pl
 
 from checks.errors import ConfigurationError
-from checks.schemas import TRADES
+from checks.schemas import TRADES, make_schema
 from resources.book_spool import spool_dir
 
 DATASET = "trades"
@@ -33,7 +33,7 @@ SYNCHRONOUS_VARIABLE = "MARKETPIPE_SPOOL_SYNCHRONOUS"
 # The columns of one spooled row, in the order append_rows takes them. `problem` names why a
 # frame could not be read (its trade columns are then null and `raw` holds the frame).
 ROW_COLUMNS = ("trade_id", "symbol", "ts", "price", "size", "source", "received", "problem", "raw")
-SPOOL = pl.Schema(
+SPOOL = make_schema(
     {
         "rowid": pl.Int64,
         **TRADES,
@@ -138,7 +138,7 @@ class TradeSpool:
         query = f"{_SELECT} WHERE {where} ORDER BY seq LIMIT ?"
         rows = self._db.execute(query, (*params, limit)).fetchall()
         ints = {"ts": pl.Int64, "received": pl.Int64}
-        schema = {"rowid": pl.Int64, **{c: SPOOL[c] for c in ROW_COLUMNS}, **ints}
+        schema = make_schema({"rowid": pl.Int64, **{c: SPOOL[c] for c in ROW_COLUMNS}, **ints})
         # Rows straight into polars: it walks the tuples natively, no transposition in Python.
         frame = pl.DataFrame(rows, schema=schema, orient="row").select(SPOOL.names())
         return frame.with_columns(pl.col(c).cast(pl.Datetime("ms", "UTC")) for c in ints)

@@ -21,11 +21,11 @@ from psycopg2 import sql
 from checks.schemas import DAILY_PRICES, INDICATORS
 
 TABLES: dict[str, pl.Schema] = {"daily_prices": DAILY_PRICES, "indicators": INDICATORS}
-_SQL_TYPES = {
-    pl.String: "text",
-    pl.Date: "date",
-    pl.Float64: "double precision",
-    pl.Int64: "bigint",
+_SQL_TYPES: dict[pl.DataType, str] = {
+    pl.String(): "text",
+    pl.Date(): "date",
+    pl.Float64(): "double precision",
+    pl.Int64(): "bigint",
 }
 KEY = ("market", "symbol", "trade_date")
 # Rows per COPY: bounds the CSV buffer (~70 MB of prices) while keeping round trips rare.

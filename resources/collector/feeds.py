@@ -7,7 +7,7 @@ import asyncio
 import datetime as dt
 import json
 import random
-from typing import Protocol
+from typing import Protocol, TypedDict
 from urllib.parse import quote
 
 import httpx
@@ -34,9 +34,17 @@ DEFAULT_FINNHUB_WS_URL = "wss://ws.finnhub.io"
 DEFAULT_KIS_BASE_URL = "https://openapi.koreainvestment.com:9443"
 DEFAULT_KIS_WS_URL = "ws://ops.koreainvestment.com:21000"
 APPROVAL_PATH = "/oauth2/Approval"
+
+
 # Dead connections are found by websocket pings (answered by the peer's library); frames are
 # at most a few MB even for a batched feed.
-_WS_OPTIONS = {"ping_interval": 20.0, "ping_timeout": 20.0, "max_size": 2**24}
+class _WsOptions(TypedDict):
+    ping_interval: float
+    ping_timeout: float
+    max_size: int
+
+
+_WS_OPTIONS = _WsOptions(ping_interval=20.0, ping_timeout=20.0, max_size=2**24)
 
 
 class Connection(Protocol):

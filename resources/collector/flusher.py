@@ -197,7 +197,7 @@ class FlusherProcess:
         self._progress = self._context.Array("q", 3)  # batches, trades, quarantined so far
         self._spec = (spool_file, lake_url, market, options)
         self.stats: dict = {}
-        self._process = None
+        self._process: multiprocessing.process.BaseProcess | None = None
 
     def start(self, drain_seconds: float) -> None:
         spool_file, lake_url, market, options = self._spec

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from enum import StrEnum
-from typing import ClassVar, Protocol
+from typing import ClassVar, Protocol, TypeVar
 
 import polars as pl
+
+T = TypeVar("T")
 
 
 class Dataset(StrEnum):
@@ -114,7 +116,7 @@ class FallbackSource:
         self.datasets = frozenset().union(*(datasets_of(s) for s in self.sources))
         self.last_failures: list[dict[str, str]] = []
 
-    def first_available(self, call):
+    def first_available(self, call: Callable[[Source], T]) -> T:
         """call(source) on each source in order until one serves; SourceUnavailable when none
         can, naming each one's reason. Datasets beyond daily bars use this for their own
         dispatch (order books, option chains)."""

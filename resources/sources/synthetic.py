@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import string
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -161,7 +161,7 @@ class SyntheticSource:
             present=self._present(universe, sym_idx, wanted, epoch_sessions, market),
         )
 
-    def symbol_indices(self, market: str, symbols: Sequence[str]) -> np.ndarray:
+    def symbol_indices(self, market: str, symbols: Iterable[str]) -> np.ndarray:
         """Each ticker's index, the key of its hashes."""
         index_of = {_ticker(i, market): i for i in range(self.symbols)}
         return np.array([index_of[x] for x in symbols], dtype=np.int64)
