@@ -5,6 +5,7 @@ import logging
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import dagster as dg
@@ -85,6 +86,7 @@ def fetch(source: Source, underlyings: Sequence[str], sessions: list[dt.date]) -
     if isinstance(source, SyntheticSource):
         return option_chains(source.seed, underlyings, sessions)
     require(source, Dataset.OPTION_CHAINS, "us")
+    chains: Any = source  # it declares option chains: it has option_chain (Dataset's contract)
     live = live_session()
     if any(day != live for day in sessions):
         raise SourceUnavailable(
@@ -94,7 +96,7 @@ def fetch(source: Source, underlyings: Sequence[str], sessions: list[dt.date]) -
     frames, missing = [], []
     for symbol in underlyings:
         try:
-            frames.append(run_sync(source.option_chain(symbol, live)))
+            frames.append(run_sync(chains.option_chain(symbol, live)))
         except NotFound as exc:
             missing.append(f"{symbol} ({exc})")
     if missing:  # the completeness check fails on them; the other underlyings are stored

@@ -11,8 +11,8 @@ import datetime as dt
 import logging
 import os
 import re
-from collections.abc import Awaitable, Callable, Sequence
-from typing import ClassVar, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, ClassVar, TypeVar
 
 import polars as pl
 
@@ -49,7 +49,7 @@ def required_env(variable: str, provider: str) -> str:
     return value
 
 
-def run_sync(coroutine: Awaitable[T]) -> T:
+def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine from Dagster's synchronous step, even if a loop is already running."""
     try:
         asyncio.get_running_loop()

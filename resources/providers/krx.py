@@ -133,7 +133,9 @@ def _classify(http: ProviderHttp, endpoint: str):
 
 
 @dataclass(frozen=True)
-class KrxSource(OneKeySource, OneMarketDailyBars):
+# rate and concurrency are computed from the frozen fields (OneKeySource), where other
+# sources set the base's plain attributes.
+class KrxSource(OneKeySource, OneMarketDailyBars):  # type: ignore[override]
     market: ClassVar[str] = "krx"
     api_key: str = field(repr=False)
     base_url: str = DEFAULT_BASE_URL

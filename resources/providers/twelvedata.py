@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 import polars as pl
 
-from checks.schemas import DAILY_PRICES, PRICE_COLUMNS, RAW, with_evidence
+from checks.schemas import DAILY_PRICES, PRICE_COLUMNS, RAW, make_schema, with_evidence
 from checks.schemas import INTRADAY_BARS as SESSION_INTRADAY_BARS
 from resources.sources.base import Dataset
 
@@ -50,7 +50,7 @@ RETRY: RetryPolicy | None = None
 TIMEOUT = 10.0
 
 # CONTRACT section 5: intraday_bars columns (to move to schemas.py with the intraday asset).
-INTRADAY_BARS = pl.Schema(
+INTRADAY_BARS = make_schema(
     {
         "symbol": pl.String,
         "bar_start": pl.Datetime("us", "UTC"),
@@ -85,7 +85,9 @@ def _evidence(frame: pl.DataFrame) -> list[str]:
 
 
 @dataclass(frozen=True)
-class TwelveDataSource(OneKeySource, OneMarketDailyBars):
+# rate and concurrency are computed from the frozen fields (OneKeySource), where other
+# sources set the base's plain attributes.
+class TwelveDataSource(OneKeySource, OneMarketDailyBars):  # type: ignore[override]
     market: ClassVar[str] = "us"
     api_key: str = field(repr=False)
     base_url: str = DEFAULT_BASE_URL
@@ -121,7 +123,9 @@ class TwelveDataSource(OneKeySource, OneMarketDailyBars):
 
         return classify
 
-    async def _time_series(self, http: ProviderHttp, symbol: str, **params) -> tuple[dict, str]:
+    async def _time_series(
+        self, http: ProviderHttp, symbol: str, **params
+    ) -> tuple[pl.DataFrame, str]:
         """One /time_series call: (parsed values, exchange time zone)."""
         payload, _ = await http.request_json(
             "GET",

@@ -26,7 +26,7 @@ def number_text(column: str) -> pl.Expr:
     return pl.col(column).str.replace_all(",", "").str.strip_chars()
 
 
-def parse_number(column: str, dtype: pl.DataType) -> pl.Expr:
+def parse_number(column: str, dtype: pl.DataType | type[pl.DataType]) -> pl.Expr:
     """'79,600' -> 79600, '439.88000' -> 439.88; empty, '-', absent or unparsable -> null,
     never 0 (validation quarantines the row instead of storing a made-up price)."""
     as_float = number_text(column).cast(pl.Float64, strict=False)

@@ -270,10 +270,9 @@ class YahooSource(YahooOptions, OneMarketDailyBars):
     def _session_close(self, day: dt.date, meta: dict) -> int:
         regular = (meta.get("currentTradingPeriod") or {}).get("regular") or {}
         start, end = regular.get("start"), regular.get("end")
-        numbers = isinstance(start, int | float) and isinstance(end, int | float)
-        if numbers and date_of(start, NEW_YORK) == day:
-            return int(end)
-        return us_close(day)
+        if not (isinstance(start, int | float) and isinstance(end, int | float)):
+            return us_close(day)
+        return int(end) if date_of(start, NEW_YORK) == day else us_close(day)
 
     def _bars(
         self, http: ProviderHttp, endpoint: str, symbol: str, result: dict
@@ -318,7 +317,7 @@ class YahooSource(YahooOptions, OneMarketDailyBars):
         # `raw` only where something did not read, as every source sends it.
         shown = [] if kept[RAW].is_null().all() else [RAW]
         bars = kept.with_columns(source=pl.lit(PROVIDER)).select(*DAILY_PRICES, *shown)
-        return bars.cast(dict(DAILY_PRICES)), sorted(set(dropped["trade_date"]))
+        return bars.cast(DAILY_PRICES), sorted(set(dropped["trade_date"]))
 
     # Corporate actions --------------------------------------------------------------------
     async def corporate_actions(self, symbol: str, first: dt.date, last: dt.date) -> pl.DataFrame:

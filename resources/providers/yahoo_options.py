@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+from collections.abc import Awaitable, Callable
 from urllib.parse import quote as url_quote
 
 import polars as pl
@@ -61,6 +62,9 @@ class YahooOptions:
     """Option chains for YahooSource, over its `_http()` and `_result()` (yahoo.py)."""
 
     _session: tuple[str, str] | None = None  # the cookie and its crumb, once per client
+    # YahooSource's, which this class is mixed into: the HTTP client and its envelope reader.
+    _http: Callable[[], ProviderHttp]
+    _result: Callable[..., Awaitable[dict]]
     _session_lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
 
     async def option_chain(self, symbol: str, quote_date: dt.date) -> pl.DataFrame:

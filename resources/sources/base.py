@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Sequence
 from enum import StrEnum
-from typing import ClassVar, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 import polars as pl
 
@@ -34,7 +34,7 @@ class SourceError(RuntimeError):
 
 class Source(Protocol):
     name: str
-    datasets: ClassVar[frozenset[Dataset]]  # what it serves
+    datasets: frozenset[Dataset]  # what it serves
 
     def universe(self, market: str) -> pl.DataFrame:
         """Every symbol the source lists for the market, in the universe schema."""
