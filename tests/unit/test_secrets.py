@@ -27,7 +27,7 @@ from resources.providers.http import RetryPolicy
 from resources.providers.kis import KisSource
 from resources.providers.krx import KrxSource
 from resources.providers.twelvedata import TwelveDataSource
-from tests.conftest import materialize, recent_sessions
+from tests.conftest import Sensor, materialize, recent_sessions
 from tests.fakes.finnhub import FakeFinnhub
 from tests.fakes.hostile import encodings, secret_echoes
 from tests.fakes.kis import DAILY, FakeKis
@@ -35,7 +35,6 @@ from tests.fakes.krx import FakeKrx
 from tests.fakes.twelvedata import FakeTwelveData
 from tests.fakes.webhook import FakeWebhook
 from tests.fakes.ws_finnhub import FakeFinnhubWs
-from tests.test_alerts import Sensor
 
 
 def random_key(prefix: str) -> str:

@@ -18,7 +18,7 @@ from marketpipe_assets.retries import provider_retries
 from resources.alerts import read_failure_log
 from resources.market_data import MarketDataResource
 from resources.providers import breaker as breaker_module
-from tests.conftest import materialize, recent_sessions
+from tests.conftest import Sensor, materialize, recent_sessions
 from tests.fakes.krx import API_KEY, FakeKrx
 from tests.fakes.smtp import FakeSmtp
 from tests.fakes.webhook import FakeWebhook
@@ -57,22 +57,6 @@ def channels(monkeypatch):
         for name, value in env.items():
             monkeypatch.setenv(name, value)
         yield hook, smtp
-
-
-class Sensor:
-    """Evaluates a run-status sensor tick after tick on one instance, keeping its cursor."""
-
-    def __init__(self, sensor: dg.SensorDefinition, instance, **resources):
-        self.sensor, self.instance, self.resources, self.cursor = sensor, instance, resources, None
-        self.tick()  # the first tick only places the cursor after the runs so far
-
-    def tick(self):
-        context = dg.build_sensor_context(
-            instance=self.instance, cursor=self.cursor, resources=self.resources
-        )
-        data = self.sensor.evaluate_tick(context)
-        self.cursor = data.cursor
-        return [r.error for r in data.dagster_run_reactions if r.error]
 
 
 def krx_down_asset():

@@ -13,10 +13,8 @@ import pytest
 from checks.schemas import DAILY_PRICES, INDICATORS
 from marketpipe_assets.definitions import defs
 from resources.lake import LakeResource
-from tests.conftest import materialize, recent_sessions
+from tests.conftest import REPO, materialize, recent_sessions
 from tests.deployment import clean_env, free_port
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_one_session_materializes_with_passing_checks(with_universe, lake, market_data, instance):
@@ -51,7 +49,7 @@ def test_demo_prints_a_short_summary_and_no_dagster_stream(tmp_path):
     subprocess.run([sys.executable, "-m", "marketpipe_assets.instance_config"], env=env, check=True)
     done = subprocess.run(
         [sys.executable, "-m", "marketpipe_assets.demo"],
-        cwd=ROOT,
+        cwd=REPO,
         env=env,
         capture_output=True,
         text=True,
@@ -117,7 +115,7 @@ def test_make_ui_starts_without_warning_about_dagster_yaml(tmp_path):
                f"DAGSTER_HOME={env['DAGSTER_HOME']}", f"UI_PORT={port}"]  # fmt: skip
     with log.open("w") as out:
         ui = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
         deadline = time.monotonic() + 180

@@ -9,22 +9,19 @@ import subprocess
 import sys
 import textwrap
 import time
-import urllib.request
 from pathlib import Path
 
 import boto3
 import duckdb
 import polars as pl
 import pytest
-import s3fs
 from polars.testing import assert_frame_equal
 
 from checks.schemas import DAILY_PRICES, INDICATORS
 from resources.lake import LakeResource, LakeUnreachable
 from resources.market_data import MarketDataResource
-from tests.conftest import materialize, recent_sessions
+from tests.conftest import REPO, materialize, recent_sessions
 
-ROOT = Path(__file__).resolve().parents[1]
 KEY = ["symbol", "trade_date"]
 
 
@@ -97,10 +94,10 @@ def test_crash_mid_write_leaves_the_old_partition_readable(
     old_digest = digest(path)
     # The writer stages its file under _staging/ (hidden from readers) before publishing it.
     pattern = f"{lake.url}/_staging/*/daily_prices~market=krx~date={day}~part-0.parquet"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     writer = subprocess.Popen(
         [sys.executable, "-c", _WRITER, lake.url, day, "20000000"],
-        cwd=ROOT,
+        cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -242,28 +239,6 @@ def test_duckdb_and_polars_read_the_hive_layout_of_two_markets(
 
 
 # S3 -------------------------------------------------------------------------------------------
-@pytest.fixture
-def s3_server(monkeypatch):
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    # moto keeps its buckets in process-wide state: start every test from an empty S3.
-    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"))
-    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
-        monkeypatch.delenv(name, raising=False)
-    s3fs.S3FileSystem.clear_instance_cache()  # a cached client would keep an old endpoint
-    yield endpoint
-    s3fs.S3FileSystem.clear_instance_cache()
-    server.stop()
-
-
 def test_s3_lake_on_a_local_s3_server(s3_server, tmp_path, instance):
     # boto3 and the lake find the server through AWS_ENDPOINT_URL alone.
     s3 = boto3.client("s3")

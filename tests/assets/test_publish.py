@@ -26,10 +26,8 @@ from marketpipe_assets.retention import retention_job
 from resources.lake import LakeResource
 from resources.market_data import MarketDataResource
 from resources.publishing import JOURNAL, REASON_FILE, REJECTED, STAGING
-from tests.conftest import cli_environment, materialize, recent_sessions
-from tests.test_lake import s3_server  # noqa: F401  (moto's S3 server on 127.0.0.1)
+from tests.conftest import REPO, cli_environment, materialize, recent_sessions
 
-ROOT = Path(__file__).resolve().parents[1]
 DAGSTER = Path(sys.executable).with_name("dagster")
 DAYS = [dt.date(2026, 11, 19), dt.date(2026, 11, 20)]
 DATASETS = ("daily_prices", "quarantine/daily_prices", "indicators")
@@ -144,7 +142,7 @@ _KILLED_PUBLISHER = textwrap.dedent(
     """
     import sys
     from resources.lake import LakeResource
-    from tests.test_publish import DAYS, arm, pair
+    from tests.assets.test_publish import DAYS, arm, pair
 
     lake = LakeResource(url=sys.argv[1])
     batch = lake.stage("new", "daily_prices", "us", *pair(0), DAYS)
@@ -230,7 +228,7 @@ def kill_at_every_step(url: str, env: dict) -> dict[int, str]:
         lake = LakeResource(url=f"{url}/kill-{n}")
         lake.publish(lake.stage("old", "daily_prices", "us", *old, DAYS))
         run = [sys.executable, "-c", _KILLED_PUBLISHER, lake.url, str(n)]
-        done = subprocess.run(run, cwd=ROOT, env=env, capture_output=True, timeout=300)
+        done = subprocess.run(run, cwd=REPO, env=env, capture_output=True, timeout=300)
         if done.returncode == 0:
             assert b"published" in done.stdout
             assert same(read_pair(lake)[0], new[0])
@@ -265,14 +263,14 @@ def kill_at_every_step(url: str, env: dict) -> dict[int, str]:
 
 
 def subprocess_env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(ROOT)}
+    return {**os.environ, "PYTHONPATH": str(REPO)}
 
 
 def test_sigkill_at_every_publish_step_on_local_disk(tmp_path):
     kill_at_every_step(str(tmp_path), subprocess_env())
 
 
-def test_sigkill_at_every_publish_step_on_s3(s3_server):  # noqa: F811
+def test_sigkill_at_every_publish_step_on_s3(s3_server):
     boto3.client("s3").create_bucket(Bucket="market-lake")
     kill_at_every_step("s3://market-lake/lake", subprocess_env())
 
@@ -304,7 +302,7 @@ _KILL_HOOK = textwrap.dedent(
 def cli_env(tmp_path: Path, name: str, lake: Path, **extra: str) -> dict:
     home = tmp_path / name
     home.mkdir()
-    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
     env = cli_environment()
     hook = tmp_path / "hook"
     hook.mkdir(exist_ok=True)
@@ -317,7 +315,7 @@ def cli_env(tmp_path: Path, name: str, lake: Path, **extra: str) -> dict:
         MARKETPIPE_SYNTHETIC_MISSING_RATE="0",
         MARKETPIPE_SYNTHETIC_BAD_ROW_RATE="0.02",
         MARKETPIPE_STEP_RETRIES="0",
-        PYTHONPATH=os.pathsep.join([str(hook), str(ROOT)]),
+        PYTHONPATH=os.pathsep.join([str(hook), str(REPO)]),
         **extra,
     )
     return env
@@ -327,7 +325,7 @@ def backfill(env: dict, first: str, last: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(DAGSTER), "asset", "materialize", "-m", "marketpipe_assets.definitions"]
         + ["--select", "krx/daily_prices,krx/indicators", "--partition-range", f"{first}...{last}"],
-        cwd=ROOT,
+        cwd=REPO,
         env=env,
         capture_output=True,
         text=True,
