@@ -38,12 +38,17 @@ def lake(tmp_path) -> LakeResource:
     return LakeResource(url=str(tmp_path / "lake"))
 
 
+def synthetic_data(**settings) -> MarketDataResource:
+    """The synthetic source with these of its settings (`symbols=200, missing_rate=0.1`: each a
+    `synthetic_*` field of MarketDataResource) and no landing folder."""
+    synthetic = {f"synthetic_{name}": value for name, value in settings.items()}
+    return MarketDataResource(landing_url="unused-landing", **synthetic)
+
+
 @pytest.fixture
 def market_data() -> MarketDataResource:
     # No missing bars: with 60 symbols, 1% missing would drop a session below 95% on ~3% of dates.
-    return MarketDataResource(
-        synthetic_symbols=SYMBOLS, synthetic_missing_rate=0.0, landing_url="unused-landing"
-    )
+    return synthetic_data(symbols=SYMBOLS, missing_rate=0.0)
 
 
 @pytest.fixture
@@ -87,15 +92,51 @@ def materialize(
     )
 
 
+class Runner:
+    """Dagster runs of a market's datasets on one lake, source and instance, each one run as the
+    CLI starts it: `runs("krx", "daily_prices", day=key)` for a partition, `days=(first, last)` for
+    a range in one run."""
+
+    def __init__(self, lake: LakeResource, market_data: MarketDataResource, instance):
+        self.lake, self.market_data, self.instance = lake, market_data, instance
+
+    def __call__(
+        self,
+        market: str,
+        *datasets: str,
+        day: str | None = None,
+        days: tuple[str, str] | None = None,
+        checks: list[dg.AssetChecksDefinition] | None = None,
+    ) -> dg.ExecuteInProcessResult:
+        return materialize(
+            market,
+            datasets,
+            lake=self.lake,
+            market_data=self.market_data,
+            instance=self.instance,
+            partition_key=day,
+            partition_range=days,
+            checks=checks,
+        )
+
+    def universe(self, market: str) -> pl.DataFrame:
+        """The market's universe stored by a run that must succeed, as the lake then holds it."""
+        assert self(market, "universe").success
+        return self.lake.read_table("universe", market)
+
+
 @pytest.fixture
-def with_universe(lake, market_data, instance):
+def runs(lake, market_data, instance) -> Runner:
+    """Runs on the temporary lake, the 60-symbol synthetic source and the temporary instance."""
+    return Runner(lake, market_data, instance)
+
+
+@pytest.fixture
+def with_universe(runs):
     """Both markets' universes stored in the temporary lake."""
     for market in ("krx", "us"):
-        result = materialize(
-            market, ("universe",), lake=lake, market_data=market_data, instance=instance
-        )
-        assert result.success
-    return lake
+        runs.universe(market)
+    return runs.lake
 
 
 def cli_environment() -> dict[str, str]:

@@ -26,7 +26,7 @@ from marketpipe_assets.retention import retention_job
 from resources.lake import LakeResource
 from resources.market_data import MarketDataResource
 from resources.publishing import JOURNAL, REASON_FILE, REJECTED, STAGING
-from tests.conftest import REPO, cli_environment, materialize, recent_sessions
+from tests.conftest import REPO, Runner, cli_environment, recent_sessions
 
 DAGSTER = Path(sys.executable).with_name("dagster")
 DAYS = [dt.date(2026, 11, 19), dt.date(2026, 11, 20)]
@@ -66,12 +66,9 @@ def noisy_source(**settings) -> MarketDataResource:
 def test_failed_completeness_leaves_the_published_pair_and_keeps_the_rejected_batch(lake, instance):
     noisy = noisy_source()
     [day] = recent_sessions("krx", 1)
-    assert materialize(
-        "krx", ("universe",), lake=lake, market_data=noisy, instance=instance
-    ).success
-    good = materialize(
-        "krx", ("daily_prices",), lake=lake, market_data=noisy, instance=instance, partition_key=day
-    )
+    noisy_runs = Runner(lake, noisy, instance)
+    noisy_runs.universe("krx")
+    good = noisy_runs("krx", "daily_prices", day=day)
     assert good.success
     root = Path(lake.url)
     before = published(root)
@@ -81,9 +78,7 @@ def test_failed_completeness_leaves_the_published_pair_and_keeps_the_rejected_ba
 
     # Half the symbols missing: completeness (blocking) fails on the staged batch.
     gappy = noisy_source(synthetic_missing_rate=0.5, synthetic_seed=7)
-    bad = materialize(
-        "krx", ("daily_prices",), lake=lake, market_data=gappy, instance=instance, partition_key=day
-    )
+    bad = Runner(lake, gappy, instance)("krx", "daily_prices", day=day)
     assert not bad.success
     checks = {e.check_name: e for e in bad.get_asset_check_evaluations()}
     assert not checks["completeness"].passed and checks["price_relationships"].passed
@@ -113,9 +108,7 @@ def test_failed_completeness_leaves_the_published_pair_and_keeps_the_rejected_ba
     assert f"daily_prices/market=krx/date={day}/part-0.parquet" in reason["would_have_written"]
 
     # A later good run publishes normally.
-    again = materialize(
-        "krx", ("daily_prices",), lake=lake, market_data=noisy, instance=instance, partition_key=day
-    )
+    again = noisy_runs("krx", "daily_prices", day=day)
     assert again.success
     assert digests(published(root)) == digests(before)  # the same data as the first run
 
@@ -341,20 +334,13 @@ def test_cli_backfill_killed_mid_publish_then_rerun_equals_a_clean_run(tmp_path,
     # 200 symbols at 2% bad rows: a quarantine file most days, completeness always >= 95%.
     market_data = noisy_source(synthetic_symbols=CLI_SYMBOLS, synthetic_bad_row_rate=0.02)
     resource = LakeResource(url=str(lake))
-    assert materialize(
-        "krx", ("universe",), lake=resource, market_data=market_data, instance=instance
-    ).success
+    Runner(resource, market_data, instance).universe("krx")
     shutil.copytree(lake, clean)
     # Earlier data in the lake, without bad rows: the backfill moves rows of most sessions to
     # quarantine. (Another seed would list other symbols than the stored universe.)
     earlier = noisy_source(synthetic_symbols=CLI_SYMBOLS, synthetic_bad_row_rate=0.0)
-    assert materialize(
-        "krx",
-        ("daily_prices",),
-        lake=resource,
-        market_data=earlier,
-        instance=instance,
-        partition_range=(keys[0], keys[-1]),
+    assert Runner(resource, earlier, instance)(
+        "krx", "daily_prices", days=(keys[0], keys[-1])
     ).success
     old = published(lake)
 

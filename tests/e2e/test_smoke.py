@@ -13,20 +13,13 @@ import pytest
 from checks.schemas import DAILY_PRICES, INDICATORS
 from marketpipe_assets.definitions import defs
 from resources.lake import LakeResource
-from tests.conftest import REPO, materialize, recent_sessions
+from tests.conftest import REPO, recent_sessions
 from tests.deployment import clean_env, free_port
 
 
-def test_one_session_materializes_with_passing_checks(with_universe, lake, market_data, instance):
+def test_one_session_materializes_with_passing_checks(with_universe, runs):
     key = recent_sessions("krx", 1)[0]
-    result = materialize(
-        "krx",
-        ("daily_prices", "indicators"),
-        lake=lake,
-        market_data=market_data,
-        instance=instance,
-        partition_key=key,
-    )
+    result = runs("krx", "daily_prices", "indicators", day=key)
     assert result.success
     outcomes = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert outcomes["price_relationships"] and outcomes["completeness"]
