@@ -1,13 +1,17 @@
-"""Shared fixtures: a temporary lake, small synthetic sources and a real temporary instance."""
+"""Fixtures and helpers shared by every layer of the suite (unit, providers, assets, automation,
+e2e): a temporary lake, small synthetic sources, a real temporary instance, a local S3 server and
+Dagster runs as the CLI starts them."""
 
 import datetime as dt
 import os
+import urllib.request
 import warnings
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 import pytest
+import s3fs
 
 from checks.markets import partitions_def
 from marketpipe_assets.automation import RANGE_END_TAG, RANGE_START_TAG
@@ -18,6 +22,7 @@ from resources.market_data import MarketDataResource
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
+REPO = Path(__file__).resolve().parents[1]
 SYMBOLS = 60  # small universes keep each materialization well under a second
 
 
@@ -33,12 +38,17 @@ def lake(tmp_path) -> LakeResource:
     return LakeResource(url=str(tmp_path / "lake"))
 
 
+def synthetic_data(**settings) -> MarketDataResource:
+    """The synthetic source with these of its settings (`symbols=200, missing_rate=0.1`: each a
+    `synthetic_*` field of MarketDataResource) and no landing folder."""
+    synthetic = {f"synthetic_{name}": value for name, value in settings.items()}
+    return MarketDataResource(landing_url="unused-landing", **synthetic)
+
+
 @pytest.fixture
 def market_data() -> MarketDataResource:
     # No missing bars: with 60 symbols, 1% missing would drop a session below 95% on ~3% of dates.
-    return MarketDataResource(
-        synthetic_symbols=SYMBOLS, synthetic_missing_rate=0.0, landing_url="unused-landing"
-    )
+    return synthetic_data(symbols=SYMBOLS, missing_rate=0.0)
 
 
 @pytest.fixture
@@ -82,15 +92,51 @@ def materialize(
     )
 
 
+class Runner:
+    """Dagster runs of a market's datasets on one lake, source and instance, each one run as the
+    CLI starts it: `runs("krx", "daily_prices", day=key)` for a partition, `days=(first, last)` for
+    a range in one run."""
+
+    def __init__(self, lake: LakeResource, market_data: MarketDataResource, instance):
+        self.lake, self.market_data, self.instance = lake, market_data, instance
+
+    def __call__(
+        self,
+        market: str,
+        *datasets: str,
+        day: str | None = None,
+        days: tuple[str, str] | None = None,
+        checks: list[dg.AssetChecksDefinition] | None = None,
+    ) -> dg.ExecuteInProcessResult:
+        return materialize(
+            market,
+            datasets,
+            lake=self.lake,
+            market_data=self.market_data,
+            instance=self.instance,
+            partition_key=day,
+            partition_range=days,
+            checks=checks,
+        )
+
+    def universe(self, market: str) -> pl.DataFrame:
+        """The market's universe stored by a run that must succeed, as the lake then holds it."""
+        assert self(market, "universe").success
+        return self.lake.read_table("universe", market)
+
+
 @pytest.fixture
-def with_universe(lake, market_data, instance):
+def runs(lake, market_data, instance) -> Runner:
+    """Runs on the temporary lake, the 60-symbol synthetic source and the temporary instance."""
+    return Runner(lake, market_data, instance)
+
+
+@pytest.fixture
+def with_universe(runs):
     """Both markets' universes stored in the temporary lake."""
     for market in ("krx", "us"):
-        result = materialize(
-            market, ("universe",), lake=lake, market_data=market_data, instance=instance
-        )
-        assert result.success
-    return lake
+        runs.universe(market)
+    return runs.lake
 
 
 def cli_environment() -> dict[str, str]:
@@ -122,3 +168,43 @@ def rejected_rows(
     part = f"quarantine/{dataset}" if quarantine else dataset
     frame = pl.read_parquet(batch / part / f"market={market}" / "*" / "*.parquet")
     return frame.select(list(schema)).sort(*by)
+
+
+@pytest.fixture
+def s3_server(monkeypatch):
+    """moto's S3 server on 127.0.0.1, empty, with the AWS_* variables that point boto3 and s3fs at
+    it; yields its endpoint."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    # moto keeps its buckets in process-wide state: start every test from an empty S3.
+    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    s3fs.S3FileSystem.clear_instance_cache()  # a cached client would keep an old endpoint
+    yield endpoint
+    s3fs.S3FileSystem.clear_instance_cache()
+    server.stop()
+
+
+class Sensor:
+    """Evaluates a run-status sensor tick after tick on one instance, keeping its cursor."""
+
+    def __init__(self, sensor: dg.SensorDefinition, instance, **resources):
+        self.sensor, self.instance, self.resources, self.cursor = sensor, instance, resources, None
+        self.tick()  # the first tick only places the cursor after the runs so far
+
+    def tick(self):
+        context = dg.build_sensor_context(
+            instance=self.instance, cursor=self.cursor, resources=self.resources
+        )
+        data = self.sensor.evaluate_tick(context)
+        self.cursor = data.cursor
+        return [r.error for r in data.dagster_run_reactions if r.error]

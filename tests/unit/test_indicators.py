@@ -10,9 +10,7 @@ import talib
 
 from checks.schemas import DAILY_PRICES, INDICATOR_COLUMNS, INDICATORS
 from marketpipe_assets.indicators import compute_indicators
-from resources.lake import LakeResource
-from resources.market_data import MarketDataResource
-from tests.conftest import materialize, recent_sessions
+from tests.conftest import Runner, recent_sessions, synthetic_data
 
 RELATIVE = 1e-9
 
@@ -51,29 +49,15 @@ def assert_matches_reference(actual: pl.Series, expected: np.ndarray, what: str)
     return int((~missing).sum())
 
 
-def test_stored_indicators_match_talib_across_partition_boundaries(tmp_path, instance):
+def test_stored_indicators_match_talib_across_partition_boundaries(lake, instance):
     market = "krx"
-    lake = LakeResource(url=str(tmp_path / "lake"))
     # Missing and bad bars stay in: gaps and quarantined rows must simply be absent from the
     # history TA-Lib sees. Only a handful per session, so completeness holds.
-    market_data = MarketDataResource(
-        synthetic_symbols=60,
-        synthetic_missing_rate=0.002,
-        synthetic_bad_row_rate=0.004,
-        landing_url="unused-landing",
-    )
-    assert materialize(
-        market, ("universe",), lake=lake, market_data=market_data, instance=instance
-    ).success
+    market_data = synthetic_data(symbols=60, missing_rate=0.002, bad_row_rate=0.004)
+    runs = Runner(lake, market_data, instance)
+    runs.universe(market)
     sessions = recent_sessions(market, 40)
-    prices = materialize(
-        market,
-        ("daily_prices",),
-        lake=lake,
-        market_data=market_data,
-        instance=instance,
-        partition_range=(sessions[0], sessions[-1]),
-    )
+    prices = runs(market, "daily_prices", days=(sessions[0], sessions[-1]))
     materialized = {e.partition for e in prices.get_asset_materialization_events()}
     assert materialized == set(sessions)
 
@@ -81,14 +65,11 @@ def test_stored_indicators_match_talib_across_partition_boundaries(tmp_path, ins
     # partition last, so each run must read the earlier history itself.
     chunks = [(sessions[21], sessions[-1]), (sessions[0], sessions[19]), (sessions[20],)]
     for chunk in chunks:
-        result = materialize(
+        result = runs(
             market,
-            ("indicators",),
-            lake=lake,
-            market_data=market_data,
-            instance=instance,
-            partition_key=chunk[0] if len(chunk) == 1 else None,
-            partition_range=chunk if len(chunk) == 2 else None,
+            "indicators",
+            day=chunk[0] if len(chunk) == 1 else None,
+            days=chunk if len(chunk) == 2 else None,
         )
         assert result.success
 

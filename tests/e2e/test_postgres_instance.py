@@ -15,10 +15,9 @@ from marketpipe_assets.instance_config import (
     InstanceConfigError,
     write_instance_yaml,
 )
-from tests.conftest import materialize, recent_sessions
+from tests.conftest import REPO, materialize, recent_sessions
 from tests.postgres_db import fresh_database
 
-ROOT = Path(__file__).resolve().parents[1]
 DAGSTER_TABLES = {"runs", "event_logs", "asset_keys", "jobs", "instigators", "job_ticks"}
 
 
@@ -111,7 +110,7 @@ def test_the_cli_honours_the_variable_through_the_written_dagster_yaml(tmp_path,
             "us/universe",
         ],  # fmt: skip
     ):
-        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, f"{cmd} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
     assert not (home / "history").exists()  # nothing went to SQLite
     with psycopg2.connect(libpq(pg_url)) as conn, conn.cursor() as cur:

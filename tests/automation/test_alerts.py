@@ -18,7 +18,7 @@ from marketpipe_assets.retries import provider_retries
 from resources.alerts import read_failure_log
 from resources.market_data import MarketDataResource
 from resources.providers import breaker as breaker_module
-from tests.conftest import materialize, recent_sessions
+from tests.conftest import Runner, Sensor, recent_sessions, synthetic_data
 from tests.fakes.krx import API_KEY, FakeKrx
 from tests.fakes.smtp import FakeSmtp
 from tests.fakes.webhook import FakeWebhook
@@ -57,22 +57,6 @@ def channels(monkeypatch):
         for name, value in env.items():
             monkeypatch.setenv(name, value)
         yield hook, smtp
-
-
-class Sensor:
-    """Evaluates a run-status sensor tick after tick on one instance, keeping its cursor."""
-
-    def __init__(self, sensor: dg.SensorDefinition, instance, **resources):
-        self.sensor, self.instance, self.resources, self.cursor = sensor, instance, resources, None
-        self.tick()  # the first tick only places the cursor after the runs so far
-
-    def tick(self):
-        context = dg.build_sensor_context(
-            instance=self.instance, cursor=self.cursor, resources=self.resources
-        )
-        data = self.sensor.evaluate_tick(context)
-        self.cursor = data.cursor
-        return [r.error for r in data.dagster_run_reactions if r.error]
 
 
 def krx_down_asset():
@@ -167,21 +151,13 @@ def test_provider_down_past_retries_alerts_once(channels, krx_down, lake, instan
 def test_failed_completeness_check_alerts_naming_the_check(channels, lake, instance):
     hook, smtp = channels
     # Half of the symbols have no bar: every session is far below the 95% threshold.
-    market_data = MarketDataResource(
-        synthetic_symbols=40, synthetic_missing_rate=0.5, landing_url="unused-landing"
-    )
-    assert materialize("us", ("universe",), lake=lake, market_data=market_data, instance=instance)
+    market_data = synthetic_data(symbols=40, missing_rate=0.5)
+    runs = Runner(lake, market_data, instance)
+    runs.universe("us")
     sensor = Sensor(failure_alerts, instance, lake=lake)
     day = recent_sessions("us", 1)[0]
 
-    result = materialize(
-        "us",
-        ("daily_prices",),
-        lake=lake,
-        market_data=market_data,
-        instance=instance,
-        partition_key=day,
-    )
+    result = runs("us", "daily_prices", day=day)
     assert not result.success
     assert sensor.tick() == []
 
@@ -245,23 +221,14 @@ def test_smtp_temporary_error_is_retried(channels, lake, instance):
     assert len(hook.posts()) == 1
 
 
-def test_successful_ingestion_notifies_once(monkeypatch, lake, market_data, instance):
+def test_successful_ingestion_notifies_once(monkeypatch, runs, instance):
     with FakeWebhook() as endpoint:
         monkeypatch.setenv("MARKETPIPE_NOTIFY_URL", f"{endpoint.url}/ingested")
         sensor = Sensor(ingestion_notifications, instance)
-        result = materialize(
-            "krx", ("universe",), lake=lake, market_data=market_data, instance=instance
-        )
+        result = runs("krx", "universe")
         assert result.success
         day = recent_sessions("krx", 1)[0]
-        prices = materialize(
-            "krx",
-            ("daily_prices",),
-            lake=lake,
-            market_data=market_data,
-            instance=instance,
-            partition_key=day,
-        )
+        prices = runs("krx", "daily_prices", day=day)
         assert prices.success
 
         assert sensor.tick() == []

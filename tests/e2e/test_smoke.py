@@ -13,22 +13,13 @@ import pytest
 from checks.schemas import DAILY_PRICES, INDICATORS
 from marketpipe_assets.definitions import defs
 from resources.lake import LakeResource
-from tests.conftest import materialize, recent_sessions
+from tests.conftest import REPO, recent_sessions
 from tests.deployment import clean_env, free_port
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def test_one_session_materializes_with_passing_checks(with_universe, lake, market_data, instance):
+def test_one_session_materializes_with_passing_checks(with_universe, runs):
     key = recent_sessions("krx", 1)[0]
-    result = materialize(
-        "krx",
-        ("daily_prices", "indicators"),
-        lake=lake,
-        market_data=market_data,
-        instance=instance,
-        partition_key=key,
-    )
+    result = runs("krx", "daily_prices", "indicators", day=key)
     assert result.success
     outcomes = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert outcomes["price_relationships"] and outcomes["completeness"]
@@ -51,7 +42,7 @@ def test_demo_prints_a_short_summary_and_no_dagster_stream(tmp_path):
     subprocess.run([sys.executable, "-m", "marketpipe_assets.instance_config"], env=env, check=True)
     done = subprocess.run(
         [sys.executable, "-m", "marketpipe_assets.demo"],
-        cwd=ROOT,
+        cwd=REPO,
         env=env,
         capture_output=True,
         text=True,
@@ -117,7 +108,7 @@ def test_make_ui_starts_without_warning_about_dagster_yaml(tmp_path):
                f"DAGSTER_HOME={env['DAGSTER_HOME']}", f"UI_PORT={port}"]  # fmt: skip
     with log.open("w") as out:
         ui = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
         deadline = time.monotonic() + 180

@@ -4,9 +4,9 @@ imports inside functions too. `make lint` runs the same check."""
 
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).parents[1]
+from tests.conftest import REPO
+
 LINT = (
     "import sys\n"
     "from importlinter.cli import lint_imports\n"
@@ -16,6 +16,6 @@ LINT = (
 
 def test_imports_run_one_way_and_in_no_circle():
     result = subprocess.run(
-        [sys.executable, "-c", LINT], cwd=ROOT, capture_output=True, text=True, check=False
+        [sys.executable, "-c", LINT], cwd=REPO, capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr

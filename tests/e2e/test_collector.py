@@ -31,10 +31,10 @@ from marketpipe_assets.trade_hours import hour_key
 from resources.collector.formats import parse_finnhub, parse_kis
 from resources.lake import LakeResource
 from resources.trade_spool import ROW_COLUMNS, SPOOL
+from tests.conftest import REPO
 from tests.fakes.ws_finnhub import FakeFinnhubWs, finnhub_frame
 from tests.fakes.ws_kis import PINGPONG, FakeKisApproval, FakeKisWs, kis_frame, kis_record
 
-REPO = Path(__file__).resolve().parents[1]
 RECEIVED = 1_700_000_000_000
 TOKEN = "fh-secret-token-8c1f"
 APP_KEY, APP_SECRET = "PSkisappkey0001", "kis-app-secret/=+42"

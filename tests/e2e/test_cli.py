@@ -12,9 +12,8 @@ import pytest
 from checks.markets import partition_dates
 from marketpipe_assets.automation import RANGE_END_TAG, RANGE_START_TAG
 from resources.lake import LakeResource
-from tests.conftest import cli_environment, recent_sessions
+from tests.conftest import REPO, cli_environment, recent_sessions
 
-ROOT = Path(__file__).resolve().parents[1]
 DAGSTER = Path(sys.executable).with_name("dagster")
 MODULE = "marketpipe_assets.definitions"
 
@@ -22,7 +21,7 @@ MODULE = "marketpipe_assets.definitions"
 def dagster(*args: str, env: dict) -> subprocess.CompletedProcess:
     completed = subprocess.run(
         [str(DAGSTER), *args],
-        cwd=ROOT,
+        cwd=REPO,
         env=env,
         capture_output=True,
         text=True,
@@ -39,7 +38,7 @@ def dagster(*args: str, env: dict) -> subprocess.CompletedProcess:
 def test_cli_materializes_a_partition_range_as_one_run(tmp_path):
     home = tmp_path / "dagster_home"
     home.mkdir()
-    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
     lake_url = tmp_path / "lake"
     env = cli_environment()
     env.update(

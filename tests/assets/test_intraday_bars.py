@@ -85,10 +85,18 @@ def clean_source() -> SyntheticSource:
     return SyntheticSource(symbols=SYMBOLS, missing_rate=0.0, bad_row_rate=0.0)
 
 
+def serving(source) -> MarketDataResource:
+    """Market data whose every market is served by `source`."""
+    return with_source(MarketDataResource(synthetic_symbols=SYMBOLS, landing_url="unused"), source)
+
+
+def with_defects(edit) -> MarketDataResource:
+    """The clean synthetic bars, changed by `edit` (a function of the frame) before validation."""
+    return serving(DefectSource(clean_source(), edit))
+
+
 def test_a_clean_session_passes_every_check(with_universe, lake, instance):
-    market_data = with_source(
-        MarketDataResource(synthetic_symbols=SYMBOLS, landing_url="unused"), clean_source()
-    )
+    market_data = serving(clean_source())
     result = run(lake, market_data, instance, partition_key=DAY)
     assert result.success
     checks = evaluations(result)
@@ -109,9 +117,7 @@ def test_a_clean_session_passes_every_check(with_universe, lake, instance):
 
 
 def test_a_us_half_day_has_fewer_bars(with_universe, lake, instance):
-    market_data = with_source(
-        MarketDataResource(synthetic_symbols=SYMBOLS, landing_url="unused"), clean_source()
-    )
+    market_data = serving(clean_source())
     result = run(lake, market_data, instance, partition_key=HALF_DAY)
     assert result.success
     assert all(e.passed for e in evaluations(result).values())
@@ -121,9 +127,7 @@ def test_a_us_half_day_has_fewer_bars(with_universe, lake, instance):
 
 
 def test_krx_session_is_stored_in_utc(with_universe, lake, instance):
-    market_data = with_source(
-        MarketDataResource(synthetic_symbols=SYMBOLS, landing_url="unused"), clean_source()
-    )
+    market_data = serving(clean_source())
     result = run(lake, market_data, instance, market="krx", partition_key=DAY)
     assert result.success
     bars = stored(lake, "krx", DAY)
@@ -168,10 +172,7 @@ def test_a_bar_outside_the_session_hours_is_quarantined(with_universe, lake, ins
         first = frame.head(1).with_columns(pl.col("bar_start") + dt.timedelta(hours=10))
         return pl.concat([frame, first])
 
-    market_data = with_source(
-        MarketDataResource(synthetic_symbols=SYMBOLS, landing_url="unused"),
-        DefectSource(clean_source(), late),
-    )
+    market_data = with_defects(late)
     result = run(lake, market_data, instance, partition_key=HALF_DAY)
     assert result.success
     quarantined = pl.read_parquet(quarantine_file(lake, "us", HALF_DAY))
@@ -198,10 +199,7 @@ def test_duplicate_bars_are_all_quarantined(with_universe, lake, instance):
         firsts = frame.unique("symbol", keep="first", maintain_order=True).head(3)
         return pl.concat([frame, firsts])
 
-    market_data = with_source(
-        MarketDataResource(synthetic_symbols=SYMBOLS, landing_url="unused"),
-        DefectSource(clean_source(), duplicated),
-    )
+    market_data = with_defects(duplicated)
     result = run(lake, market_data, instance, partition_key=DAY)
     assert result.success
     quarantined = pl.read_parquet(quarantine_file(lake, "us", DAY))
@@ -223,10 +221,7 @@ def test_short_symbols_warn_and_missing_symbols_block(with_universe, lake, insta
         one = frame["symbol"][0]
         return frame.filter((pl.col("symbol") != one) | (pl.int_range(pl.len()) % 2 == 0))
 
-    market_data = with_source(
-        MarketDataResource(synthetic_symbols=SYMBOLS, landing_url="unused"),
-        DefectSource(clean_source(), thin),
-    )
+    market_data = with_defects(thin)
     result = run(lake, market_data, instance, partition_key=DAY)
     checks = evaluations(result)
     assert not checks[INTRADAY_COMPLETENESS].passed

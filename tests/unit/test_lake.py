@@ -9,22 +9,18 @@ import subprocess
 import sys
 import textwrap
 import time
-import urllib.request
 from pathlib import Path
 
 import boto3
 import duckdb
 import polars as pl
 import pytest
-import s3fs
 from polars.testing import assert_frame_equal
 
 from checks.schemas import DAILY_PRICES, INDICATORS
 from resources.lake import LakeResource, LakeUnreachable
-from resources.market_data import MarketDataResource
-from tests.conftest import materialize, recent_sessions
+from tests.conftest import REPO, Runner, recent_sessions, synthetic_data
 
-ROOT = Path(__file__).resolve().parents[1]
 KEY = ["symbol", "trade_date"]
 
 
@@ -42,23 +38,13 @@ def digest(path: Path) -> str:
 
 
 @pytest.fixture
-def stored_session(lake, market_data, instance) -> tuple[str, Path, pl.DataFrame]:
+def stored_session(runs) -> tuple[str, Path, pl.DataFrame]:
     """One krx session stored through Dagster: (partition key, its file, its rows)."""
     day = recent_sessions("krx", 1)[0]
-    universe = materialize(
-        "krx", ("universe",), lake=lake, market_data=market_data, instance=instance
-    )
-    assert universe.success
-    result = materialize(
-        "krx",
-        ("daily_prices",),
-        lake=lake,
-        market_data=market_data,
-        instance=instance,
-        partition_key=day,
-    )
+    runs.universe("krx")
+    result = runs("krx", "daily_prices", day=day)
     assert [e.partition for e in result.get_asset_materialization_events()] == [day]
-    path = part_file(lake.url, "daily_prices", "krx", day)
+    path = part_file(runs.lake.url, "daily_prices", "krx", day)
     frame = pl.read_parquet(path)
     assert len(frame) > 0
     return day, path, frame
@@ -90,17 +76,15 @@ _WRITER = textwrap.dedent(
 )
 
 
-def test_crash_mid_write_leaves_the_old_partition_readable(
-    stored_session, lake, market_data, instance
-):
+def test_crash_mid_write_leaves_the_old_partition_readable(stored_session, runs, lake):
     day, path, before = stored_session
     old_digest = digest(path)
     # The writer stages its file under _staging/ (hidden from readers) before publishing it.
     pattern = f"{lake.url}/_staging/*/daily_prices~market=krx~date={day}~part-0.parquet"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     writer = subprocess.Popen(
         [sys.executable, "-c", _WRITER, lake.url, day, "20000000"],
-        cwd=ROOT,
+        cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -143,14 +127,7 @@ def test_crash_mid_write_leaves_the_old_partition_readable(
     assert counted == len(before)
 
     # The next run replaces the partition normally despite the crash's leftover.
-    again = materialize(
-        "krx",
-        ("daily_prices",),
-        lake=lake,
-        market_data=market_data,
-        instance=instance,
-        partition_key=day,
-    )
+    again = runs("krx", "daily_prices", day=day)
     assert [e.partition for e in again.get_asset_materialization_events()] == [day]
     assert sorted(p.name for p in path.parent.glob("*.parquet")) == ["part-0.parquet"]
     assert_frame_equal(pl.read_parquet(path).sort(KEY), before.sort(KEY))
@@ -200,20 +177,11 @@ def test_write_errors_leave_the_old_file(stored_session, lake, monkeypatch):
 
 
 # Plain readers ---------------------------------------------------------------------------------
-def test_duckdb_and_polars_read_the_hive_layout_of_two_markets(
-    with_universe, lake, market_data, instance
-):
+def test_duckdb_and_polars_read_the_hive_layout_of_two_markets(with_universe, runs, lake):
     expected = {}
     for market in ("krx", "us"):
         days = recent_sessions(market, 2)
-        result = materialize(
-            market,
-            ("daily_prices",),
-            lake=lake,
-            market_data=market_data,
-            instance=instance,
-            partition_range=(days[0], days[-1]),
-        )
+        result = runs(market, "daily_prices", days=(days[0], days[-1]))
         assert sorted(e.partition for e in result.get_asset_materialization_events()) == days
         for day in days:
             expected[(market, day)] = pl.read_parquet(
@@ -242,48 +210,16 @@ def test_duckdb_and_polars_read_the_hive_layout_of_two_markets(
 
 
 # S3 -------------------------------------------------------------------------------------------
-@pytest.fixture
-def s3_server(monkeypatch):
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    # moto keeps its buckets in process-wide state: start every test from an empty S3.
-    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"))
-    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
-        monkeypatch.delenv(name, raising=False)
-    s3fs.S3FileSystem.clear_instance_cache()  # a cached client would keep an old endpoint
-    yield endpoint
-    s3fs.S3FileSystem.clear_instance_cache()
-    server.stop()
-
-
 def test_s3_lake_on_a_local_s3_server(s3_server, tmp_path, instance):
     # boto3 and the lake find the server through AWS_ENDPOINT_URL alone.
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="market-lake")
     lake = LakeResource(url="s3://market-lake/lake")
-    market_data = MarketDataResource(
-        synthetic_symbols=60, synthetic_missing_rate=0.0, landing_url="unused-landing"
-    )
+    market_data = synthetic_data(symbols=60, missing_rate=0.0)
     day = recent_sessions("krx", 1)[0]
-    assert materialize(
-        "krx", ("universe",), lake=lake, market_data=market_data, instance=instance
-    ).success
-    result = materialize(
-        "krx",
-        ("daily_prices", "indicators"),
-        lake=lake,
-        market_data=market_data,
-        instance=instance,
-        partition_key=day,
-    )
+    runs = Runner(lake, market_data, instance)
+    runs.universe("krx")
+    result = runs("krx", "daily_prices", "indicators", day=day)
     assert result.success
 
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket="market-lake", Prefix="lake/")["Contents"]}
@@ -304,17 +240,9 @@ def test_s3_lake_on_a_local_s3_server(s3_server, tmp_path, instance):
 
     # The same run on a local lake stores the same rows.
     local = LakeResource(url=str(tmp_path / "local"))
-    assert materialize(
-        "krx", ("universe",), lake=local, market_data=market_data, instance=instance
-    ).success
-    assert materialize(
-        "krx",
-        ("daily_prices",),
-        lake=local,
-        market_data=market_data,
-        instance=instance,
-        partition_key=day,
-    ).success
+    local_runs = Runner(local, market_data, instance)
+    local_runs.universe("krx")
+    assert local_runs("krx", "daily_prices", day=day).success
     assert_frame_equal(
         pl.read_parquet(part_file(local.url, "daily_prices", "krx", day)).sort(KEY),
         stored.sort(KEY),
@@ -328,8 +256,6 @@ def test_missing_bucket_is_reported_as_unreachable_lake(s3_server, instance, mar
     assert "s3://no-such-bucket/lake" in str(caught.value)
 
     # A run against it fails while setting up the lake, before touching any data.
-    result = materialize(
-        "krx", ("universe",), lake=lake, market_data=market_data, instance=instance
-    )
+    result = Runner(lake, market_data, instance)("krx", "universe")
     assert not result.success
     assert boto3.client("s3").list_buckets()["Buckets"] == []

@@ -14,10 +14,10 @@ from polars.testing import assert_frame_equal
 from checks.markets import session_bounds, sessions_between
 from checks.schemas import INTRADAY_BARS
 from resources.providers import kis
-from tests import test_provider_kis as kis_tests
 from tests.conftest import materialize, recent_sessions
 from tests.fakes.kis import KST, MALFORMED, MINUTE_DAY, MINUTE_TODAY, RATE_LIMIT, TOKEN
-from tests.test_provider_kis import (
+from tests.providers import test_provider_kis as kis_tests
+from tests.providers.test_provider_kis import (
     APP_KEY,
     APP_SECRET,
     FAST,

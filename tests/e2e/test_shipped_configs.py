@@ -21,8 +21,8 @@ from dagster._core.instance.config import dagster_instance_config
 from marketpipe_assets.automation import price_job
 from marketpipe_assets.definitions import defs
 from marketpipe_assets.instance_config import instance_yaml
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 SKIPPED_DIRS = {".venv", ".git", "data", ".dagster", ".pytest_cache", ".ruff_cache", "bench"}
 WORKSPACE_MODULE = "marketpipe_assets.definitions"

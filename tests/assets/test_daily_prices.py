@@ -17,7 +17,7 @@ from marketpipe_assets.automation import RANGE_START_TAG, market_schedule
 from resources.lake import LakeResource
 from resources.market_data import MarketDataResource
 from resources.sources.synthetic import SyntheticSource
-from tests.conftest import materialize, recent_sessions
+from tests.conftest import Runner, recent_sessions, synthetic_data
 from tests.metadata_values import by_partition, counts
 
 RULE_NAMES = {r.name for r in DAILY_PRICE_RULES}
@@ -44,14 +44,6 @@ def check_evaluations(result: dg.ExecuteInProcessResult) -> dict[str, object]:
 def materializations(result: dg.ExecuteInProcessResult, market: str, dataset: str) -> list:
     key = dg.AssetKey([market, dataset])
     return [e for e in result.get_asset_materialization_events() if e.asset_key == key]
-
-
-def store_universe(market, lake, market_data, instance) -> pl.DataFrame:
-    result = materialize(
-        market, ("universe",), lake=lake, market_data=market_data, instance=instance
-    )
-    assert result.success
-    return lake.read_table("universe", market)
 
 
 def synthetic(market_data: MarketDataResource) -> SyntheticSource:
@@ -135,17 +127,11 @@ def by_key(frame: pl.DataFrame) -> pl.DataFrame:
 def test_normal_session_is_stored_clean_and_passes_blocking_checks(market, lake, instance):
     # The default rates (1% missing, 0.2% bad) on 200 symbols: with the 60-symbol fixture three
     # missing bars already make a session fail completeness (about 3% of sessions).
-    market_data = MarketDataResource(synthetic_symbols=200, landing_url="unused-landing")
-    store_universe(market, lake, market_data, instance)
+    market_data = synthetic_data(symbols=200)
+    runs = Runner(lake, market_data, instance)
+    runs.universe(market)
     day = recent_sessions(market, 1)[0]
-    result = materialize(
-        market,
-        ("daily_prices",),
-        lake=lake,
-        market_data=market_data,
-        instance=instance,
-        partition_key=day,
-    )
+    result = runs(market, "daily_prices", day=day)
     assert result.success
 
     path = part_file(lake, "daily_prices", market, day)
@@ -185,19 +171,11 @@ def test_normal_session_is_stored_clean_and_passes_blocking_checks(market, lake,
 
 def test_a_range_run_records_each_sessions_own_facts_on_its_partition(lake, instance):
     market = "us"
-    market_data = MarketDataResource(
-        synthetic_symbols=200, synthetic_bad_row_rate=0.01, landing_url="unused-landing"
-    )
-    store_universe(market, lake, market_data, instance)
+    market_data = synthetic_data(symbols=200, bad_row_rate=0.01)
+    runs = Runner(lake, market_data, instance)
+    runs.universe(market)
     keys = recent_sessions(market, 6)
-    result = materialize(
-        market,
-        ("daily_prices", "indicators"),
-        lake=lake,
-        market_data=market_data,
-        instance=instance,
-        partition_range=(keys[0], keys[-1]),
-    )
+    result = runs(market, "daily_prices", "indicators", days=(keys[0], keys[-1]))
     assert result.success
 
     prices = by_partition(result, dg.AssetKey([market, "daily_prices"]))
@@ -232,32 +210,20 @@ def test_a_range_run_records_each_sessions_own_facts_on_its_partition(lake, inst
 
 
 # 2. Bad rows are quarantined with their rules -------------------------------------------------
-def test_bad_rows_are_quarantined_with_their_rules_and_nothing_is_lost(tmp_path, instance):
+def test_bad_rows_are_quarantined_with_their_rules_and_nothing_is_lost(lake, instance):
     market = "krx"
-    lake = LakeResource(url=str(tmp_path / "lake"))
     # 2% bad rows and none missing: completeness (blocking) holds, so the batch is published.
     # Over ~900 active symbols every 2026 session has 11 or more bad rows and completeness
     # >= 96% (200 symbols at 3% gave some sessions 4 bad rows).
-    market_data = MarketDataResource(
-        synthetic_symbols=1000,
-        synthetic_missing_rate=0.0,
-        synthetic_bad_row_rate=0.02,
-        landing_url="unused-landing",
-    )
-    store_universe(market, lake, market_data, instance)
+    market_data = synthetic_data(symbols=1000, missing_rate=0.0, bad_row_rate=0.02)
+    runs = Runner(lake, market_data, instance)
+    runs.universe(market)
     day = recent_sessions(market, 1)[0]
     raw = raw_bars(lake, market_data, market, [day])
     reference = validate(raw)
     assert len(reference.quarantined) >= 5, "the source should have injected bad rows"
 
-    result = materialize(
-        market,
-        ("daily_prices",),
-        lake=lake,
-        market_data=market_data,
-        instance=instance,
-        partition_key=day,
-    )
+    result = runs(market, "daily_prices", day=day)
     assert [e.partition for e in materializations(result, market, "daily_prices")] == [day]
 
     stored = pl.read_parquet(part_file(lake, "daily_prices", market, day))
@@ -301,30 +267,18 @@ def _completeness(lake, market_data, market, universe, day) -> tuple[int, int]:
     return len(active), len(set(clean["symbol"]) & active)
 
 
-def test_incomplete_session_fails_completeness_and_blocks_indicators(tmp_path, instance):
+def test_incomplete_session_fails_completeness_and_blocks_indicators(lake, instance):
     market = "krx"
-    lake = LakeResource(url=str(tmp_path / "lake"))
-    market_data = MarketDataResource(
-        synthetic_symbols=200,
-        synthetic_missing_rate=0.10,
-        synthetic_bad_row_rate=0.0,
-        landing_url="unused-landing",
-    )
-    universe = store_universe(market, lake, market_data, instance)
+    market_data = synthetic_data(symbols=200, missing_rate=0.10, bad_row_rate=0.0)
+    runs = Runner(lake, market_data, instance)
+    universe = runs.universe(market)
 
     def below_threshold(day):
         active, present = _completeness(lake, market_data, market, universe, day)
         return present / active < 0.95
 
     day = pick_session(market, below_threshold)
-    result = materialize(
-        market,
-        ("daily_prices", "indicators"),
-        lake=lake,
-        market_data=market_data,
-        instance=instance,
-        partition_key=day,
-    )
+    result = runs(market, "daily_prices", "indicators", day=day)
 
     assert not result.success
     checks = check_evaluations(result)
@@ -347,16 +301,11 @@ def test_incomplete_session_fails_completeness_and_blocks_indicators(tmp_path, i
     assert not (Path(lake.url) / "indicators").exists()
 
 
-def test_nearly_complete_session_passes_and_reports_missing_rows(tmp_path, instance):
+def test_nearly_complete_session_passes_and_reports_missing_rows(lake, instance):
     market = "us"
-    lake = LakeResource(url=str(tmp_path / "lake"))
-    market_data = MarketDataResource(
-        synthetic_symbols=200,
-        synthetic_missing_rate=0.02,
-        synthetic_bad_row_rate=0.0,
-        landing_url="unused-landing",
-    )
-    universe = store_universe(market, lake, market_data, instance)
+    market_data = synthetic_data(symbols=200, missing_rate=0.02, bad_row_rate=0.0)
+    runs = Runner(lake, market_data, instance)
+    universe = runs.universe(market)
     counts = {}
 
     def partial(day):
@@ -366,14 +315,7 @@ def test_nearly_complete_session_passes_and_reports_missing_rows(tmp_path, insta
 
     day = pick_session(market, partial)
     active, present = counts[day]
-    result = materialize(
-        market,
-        ("daily_prices", "indicators"),
-        lake=lake,
-        market_data=market_data,
-        instance=instance,
-        partition_key=day,
-    )
+    result = runs(market, "daily_prices", "indicators", day=day)
 
     assert result.success
     completeness = check_evaluations(result)["completeness"]
@@ -390,9 +332,7 @@ def test_nearly_complete_session_passes_and_reports_missing_rows(tmp_path, insta
 
 
 # 4. Holidays ---------------------------------------------------------------------------------
-def test_holidays_are_not_partitions_and_half_days_materialize(
-    with_universe, lake, market_data, instance
-):
+def test_holidays_are_not_partitions_and_half_days_materialize(with_universe, runs, lake, instance):
     chuseok, thanksgiving, black_friday = "2025-10-06", "2025-11-27", "2025-11-28"
     assert dt.date.fromisoformat(chuseok).weekday() < 5
     assert not is_session("krx", dt.date.fromisoformat(chuseok))
@@ -412,14 +352,7 @@ def test_holidays_are_not_partitions_and_half_days_materialize(
     assert not tick.run_requests and tick.skip_message
 
     # A range over the holiday week stores only sessions.
-    krx = materialize(
-        "krx",
-        ("daily_prices", "indicators"),
-        lake=lake,
-        market_data=market_data,
-        instance=instance,
-        partition_range=("2025-10-02", "2025-10-10"),
-    )
+    krx = runs("krx", "daily_prices", "indicators", days=("2025-10-02", "2025-10-10"))
     assert krx.success
     stored_days = sorted(p.name for p in (Path(lake.url) / "daily_prices" / "market=krx").iterdir())
     assert stored_days == ["date=2025-10-02", "date=2025-10-10"]
@@ -429,14 +362,7 @@ def test_holidays_are_not_partitions_and_half_days_materialize(
     }
 
     # The US half day is an ordinary partition.
-    us = materialize(
-        "us",
-        ("daily_prices", "indicators"),
-        lake=lake,
-        market_data=market_data,
-        instance=instance,
-        partition_key=black_friday,
-    )
+    us = runs("us", "daily_prices", "indicators", day=black_friday)
     assert us.success
     assert all(e.passed for e in us.get_asset_check_evaluations())
     stored = pl.read_parquet(part_file(lake, "daily_prices", "us", black_friday))
@@ -446,33 +372,22 @@ def test_holidays_are_not_partitions_and_half_days_materialize(
 
 
 # 5. Re-runs replace -------------------------------------------------------------------------
-def test_rerun_replaces_the_partition_and_its_quarantine(tmp_path, instance):
+def test_rerun_replaces_the_partition_and_its_quarantine(lake, instance):
     market = "krx"
-    lake = LakeResource(url=str(tmp_path / "lake"))
     day = recent_sessions(market, 1)[0]
     folder = part_file(lake, "daily_prices", market, day).parent
     qdir = quarantine_dir(lake, market, day)
     previous = None
-    runs = [(11, 0.03), (12, 0.03), (13, 0.0)]  # few enough bad rows for completeness to hold
-    for seed, bad_rate in runs:
-        market_data = MarketDataResource(
-            synthetic_symbols=200,
-            synthetic_missing_rate=0.0,
-            synthetic_seed=seed,
-            synthetic_bad_row_rate=bad_rate,
-            landing_url="unused-landing",
+    seeds = [(11, 0.03), (12, 0.03), (13, 0.0)]  # few enough bad rows for completeness to hold
+    for seed, bad_rate in seeds:
+        market_data = synthetic_data(
+            symbols=200, missing_rate=0.0, seed=seed, bad_row_rate=bad_rate
         )
-        store_universe(market, lake, market_data, instance)
+        runs = Runner(lake, market_data, instance)
+        runs.universe(market)
         expected = validate(raw_bars(lake, market_data, market, [day]))
         assert (len(expected.quarantined) > 0) == (bad_rate > 0)
-        result = materialize(
-            market,
-            ("daily_prices",),
-            lake=lake,
-            market_data=market_data,
-            instance=instance,
-            partition_key=day,
-        )
+        result = runs(market, "daily_prices", day=day)
         assert [e.partition for e in materializations(result, market, "daily_prices")] == [day]
         assert check_evaluations(result)["price_relationships"].passed
 
@@ -505,37 +420,25 @@ def test_rerun_replaces_the_partition_and_its_quarantine(tmp_path, instance):
 def test_range_backfill_is_one_run_and_equals_day_by_day_runs(tmp_path, instance):
     market = "krx"
     # No missing bars, so no session fails completeness and blocks indicators; a few bad rows.
-    market_data = MarketDataResource(
-        synthetic_symbols=100, synthetic_missing_rate=0.0, landing_url="unused-landing"
-    )
+    market_data = synthetic_data(symbols=100, missing_rate=0.0)
     sessions = recent_sessions(market, 30)
     history, backfill = sessions[:22], sessions[22:]
     assert len(backfill) == 8
     range_lake = LakeResource(url=str(tmp_path / "range"))
     daily_lake = LakeResource(url=str(tmp_path / "daily"))
-    store_universe(market, range_lake, market_data, instance)
+    in_range, day_by_day = (
+        Runner(range_lake, market_data, instance),
+        Runner(daily_lake, market_data, instance),
+    )
+    in_range.universe(market)
     # Earlier prices, so the indicators compared below have values, not only nulls; both lakes
     # start from this same stored state.
-    result = materialize(
-        market,
-        ("daily_prices",),
-        lake=range_lake,
-        market_data=market_data,
-        instance=instance,
-        partition_range=(history[0], history[-1]),
-    )
+    result = in_range(market, "daily_prices", days=(history[0], history[-1]))
     assert result.success
     shutil.copytree(range_lake.url, daily_lake.url)
 
     runs_before = len(instance.get_runs())
-    ranged = materialize(
-        market,
-        ("daily_prices", "indicators"),
-        lake=range_lake,
-        market_data=market_data,
-        instance=instance,
-        partition_range=(backfill[0], backfill[-1]),
-    )
+    ranged = in_range(market, "daily_prices", "indicators", days=(backfill[0], backfill[-1]))
     assert ranged.success
     assert len(instance.get_runs()) == runs_before + 1
     tagged = instance.get_runs(filters=dg.RunsFilter(tags={RANGE_START_TAG: backfill[0]}))
@@ -544,14 +447,7 @@ def test_range_backfill_is_one_run_and_equals_day_by_day_runs(tmp_path, instance
         assert sorted(e.partition for e in materializations(ranged, market, dataset)) == backfill
 
     for day in backfill:
-        result = materialize(
-            market,
-            ("daily_prices", "indicators"),
-            lake=daily_lake,
-            market_data=market_data,
-            instance=instance,
-            partition_key=day,
-        )
+        result = day_by_day(market, "daily_prices", "indicators", day=day)
         assert result.success
     assert len(instance.get_runs()) == runs_before + 1 + len(backfill)
 

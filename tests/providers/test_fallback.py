@@ -15,7 +15,7 @@ from resources.providers import limiter as limiter_module
 from resources.sources.base import FallbackSource, SourceUnavailable
 from resources.sources.files import FilesSource
 from resources.sources.synthetic import SyntheticSource
-from tests.conftest import SYMBOLS, materialize, recent_sessions
+from tests.conftest import SYMBOLS, Runner, recent_sessions
 from tests.fakes.server import FakeProvider, Reply, Request
 from tests.metadata_values import by_partition, run_metadata
 
@@ -49,21 +49,13 @@ def chain(source: str, landing) -> MarketDataResource:
 
 
 def run_prices(market_data, lake, instance) -> dg.ExecuteInProcessResult:
-    return materialize(
-        "krx",
-        ("daily_prices",),
-        lake=lake,
-        market_data=market_data,
-        instance=instance,
-        partition_range=(SESSIONS[0], SESSIONS[-1]),
+    return Runner(lake, market_data, instance)(
+        "krx", "daily_prices", days=(SESSIONS[0], SESSIONS[-1])
     )
 
 
 def store_universe(market_data, lake, instance) -> None:
-    result = materialize(
-        "krx", ("universe",), lake=lake, market_data=market_data, instance=instance
-    )
-    assert result.success
+    Runner(lake, market_data, instance).universe("krx")
 
 
 def metadata(result: dg.ExecuteInProcessResult) -> dict:

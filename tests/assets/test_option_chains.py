@@ -22,8 +22,7 @@ from resources.market_data import MarketDataResource
 from resources.sources.base import FallbackSource, SourceUnavailable
 from resources.sources.synthetic import SyntheticSource
 from resources.sources.synthetic_options import DEFECTS, fridays, option_chains
-
-from .conftest import recent_sessions
+from tests.conftest import recent_sessions
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)

@@ -15,7 +15,7 @@ from checks.schemas import DAILY_PRICES, INDICATORS
 from marketpipe_assets.automation import RANGE_END_TAG, RANGE_START_TAG
 from marketpipe_assets.warehouse import MATCHES_LAKE, warehouse_asset
 from resources.warehouse import TABLES, WarehouseResource
-from tests.conftest import materialize, recent_sessions
+from tests.conftest import recent_sessions
 from tests.postgres_db import fresh_database
 
 
@@ -67,25 +67,15 @@ def check_passed(result: dg.ExecuteInProcessResult) -> bool:
     return evaluation.passed
 
 
-def prices_and_indicators(market, keys, lake, market_data, instance):
+def prices_and_indicators(runs, market, keys):
     rng = (keys[0], keys[-1]) if len(keys) > 1 else None
-    result = materialize(
-        market,
-        ("daily_prices", "indicators"),
-        lake=lake,
-        market_data=market_data,
-        instance=instance,
-        partition_key=None if rng else keys[0],
-        partition_range=rng,
-    )
+    result = runs(market, "daily_prices", "indicators", day=None if rng else keys[0], days=rng)
     assert result.success
 
 
-def test_a_load_and_a_reload_hold_exactly_the_lakes_rows(
-    with_universe, market_data, instance, warehouse
-):
+def test_a_load_and_a_reload_hold_exactly_the_lakes_rows(with_universe, runs, instance, warehouse):
     lake, keys = with_universe, recent_sessions("us", 1)
-    prices_and_indicators("us", keys, lake, market_data, instance)
+    prices_and_indicators(runs, "us", keys)
 
     first = load("us", lake, warehouse, instance, keys)
     assert first.success and check_passed(first)
@@ -99,11 +89,11 @@ def test_a_load_and_a_reload_hold_exactly_the_lakes_rows(
 
 
 def test_a_range_backfill_is_one_run_and_leaves_other_markets_alone(
-    with_universe, market_data, instance, warehouse
+    with_universe, runs, instance, warehouse
 ):
     lake, keys, krx_key = with_universe, recent_sessions("us", 8), recent_sessions("krx", 1)
-    prices_and_indicators("us", keys, lake, market_data, instance)
-    prices_and_indicators("krx", krx_key, lake, market_data, instance)
+    prices_and_indicators(runs, "us", keys)
+    prices_and_indicators(runs, "krx", krx_key)
     assert load("krx", lake, warehouse, instance, krx_key).success
 
     result = load("us", lake, warehouse, instance, keys)
@@ -115,10 +105,10 @@ def test_a_range_backfill_is_one_run_and_leaves_other_markets_alone(
 
 
 def test_a_changed_lake_partition_replaces_exactly_its_session(
-    with_universe, market_data, instance, warehouse
+    with_universe, runs, instance, warehouse
 ):
     lake, keys = with_universe, recent_sessions("us", 3)
-    prices_and_indicators("us", keys, lake, market_data, instance)
+    prices_and_indicators(runs, "us", keys)
     assert load("us", lake, warehouse, instance, keys).success
     day = partition_dates(keys)[1]
 
@@ -197,11 +187,9 @@ def test_the_views_hold_weekly_monthly_and_latest_bars_after_each_load(lake, ins
     assert view(warehouse, "monthly_bars", "symbol, month_start, close")[1][2] == 7.0
 
 
-def test_a_failed_load_leaves_the_previous_rows_intact(
-    with_universe, market_data, instance, warehouse
-):
+def test_a_failed_load_leaves_the_previous_rows_intact(with_universe, runs, instance, warehouse):
     lake, keys = with_universe, recent_sessions("us", 2)
-    prices_and_indicators("us", keys, lake, market_data, instance)
+    prices_and_indicators(runs, "us", keys)
     assert load("us", lake, warehouse, instance, keys).success
     before = {t: stored(warehouse, t, "us") for t in TABLES}
 
@@ -253,12 +241,12 @@ def test_the_warehouse_is_optional_and_wires_into_the_definitions(monkeypatch, l
 
 
 def test_a_connection_killed_mid_load_leaves_the_previous_rows_intact(
-    with_universe, market_data, instance, warehouse
+    with_universe, runs, instance, warehouse
 ):
     """The load replaces daily_prices, then waits on a row lock held on indicators; killing its
     connection there must undo the daily_prices replacement too (one transaction)."""
     lake, keys = with_universe, recent_sessions("us", 2)
-    prices_and_indicators("us", keys, lake, market_data, instance)
+    prices_and_indicators(runs, "us", keys)
     assert load("us", lake, warehouse, instance, keys).success
     before = stored(warehouse, "daily_prices", "us")
     days = partition_dates(keys)

@@ -27,7 +27,7 @@ from resources.providers.http import RetryPolicy
 from resources.providers.kis import KisSource
 from resources.providers.krx import KrxSource
 from resources.providers.twelvedata import TwelveDataSource
-from tests.conftest import materialize, recent_sessions
+from tests.conftest import Runner, Sensor, recent_sessions
 from tests.fakes.finnhub import FakeFinnhub
 from tests.fakes.hostile import encodings, secret_echoes
 from tests.fakes.kis import DAILY, FakeKis
@@ -35,7 +35,6 @@ from tests.fakes.krx import FakeKrx
 from tests.fakes.twelvedata import FakeTwelveData
 from tests.fakes.webhook import FakeWebhook
 from tests.fakes.ws_finnhub import FakeFinnhubWs
-from tests.test_alerts import Sensor
 
 
 def random_key(prefix: str) -> str:
@@ -273,16 +272,9 @@ def test_a_failed_run_keeps_no_piece_of_the_key_anywhere(
             **{f"{market}_universe": write_universe(tmp_path / "u.csv", [symbol])},
             landing_url="unused-landing",
         )
-        day = recent_sessions(market, 1)[0]
+        runs, day = Runner(lake, market_data, instance), recent_sessions(market, 1)[0]
         try:
-            result = materialize(
-                market,
-                ("universe", "daily_prices"),
-                lake=lake,
-                market_data=market_data,
-                instance=instance,
-                partition_range=(day, day),
-            )
+            result = runs(market, "universe", "daily_prices", days=(day, day))
         finally:
             server.faults.clear()
         assert not result.success

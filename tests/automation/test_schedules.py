@@ -9,8 +9,7 @@ import pytest
 from checks.markets import MARKETS, is_session, partitions_def
 from marketpipe_assets.automation import market_schedule
 from marketpipe_assets.definitions import defs
-from resources.market_data import MarketDataResource
-from tests.conftest import SYMBOLS, materialize
+from tests.conftest import SYMBOLS, Runner, synthetic_data
 
 INDICATORS = dg.AssetKey(["krx", "indicators"])
 
@@ -92,28 +91,15 @@ def _indicator_evaluation(lake, instance, missing_rate: float):
     """Materialize the latest prices partition, then evaluate automation as the daemon does:
     one evaluation before (the cursor), one after."""
     key = partitions_def("krx").get_last_partition_key()
-    market_data = MarketDataResource(
-        synthetic_symbols=SYMBOLS,
-        synthetic_missing_rate=missing_rate,
-        landing_url="unused-landing",
-    )
+    market_data = synthetic_data(symbols=SYMBOLS, missing_rate=missing_rate)
     selection = dg.AssetSelection.assets(INDICATORS)
     before = dg.evaluate_automation_conditions(
         defs=defs, instance=instance, asset_selection=selection
     )
     assert before.total_requested == 0
-    universe = materialize(
-        "krx", ("universe",), lake=lake, market_data=market_data, instance=instance
-    )
-    assert universe.success
-    prices = materialize(
-        "krx",
-        ("daily_prices",),
-        lake=lake,
-        market_data=market_data,
-        instance=instance,
-        partition_key=key,
-    )
+    runs = Runner(lake, market_data, instance)
+    runs.universe("krx")
+    prices = runs("krx", "daily_prices", day=key)
     checks = {e.check_name: e.passed for e in prices.get_asset_check_evaluations()}
     after = dg.evaluate_automation_conditions(
         defs=defs, instance=instance, asset_selection=selection, cursor=before.cursor

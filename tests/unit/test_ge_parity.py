@@ -3,7 +3,6 @@
 import datetime as dt
 import subprocess
 import sys
-from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -15,7 +14,7 @@ from checks.schemas import DAILY_PRICES
 from marketpipe_assets.ge_check import GREAT_EXPECTATIONS, ge_asset_check
 from marketpipe_assets.prices import standardise
 from resources.market_data import MarketDataResource
-from tests.conftest import market_assets, materialize, recent_sessions
+from tests.conftest import REPO, market_assets, materialize, recent_sessions
 
 pytestmark = pytest.mark.xdist_group("ge")
 
@@ -103,7 +102,7 @@ def test_importing_the_project_does_not_import_great_expectations():
         "import checks.ge_suite, marketpipe_assets.ge_check, marketpipe_assets.definitions\n"
         "assert 'great_expectations' not in sys.modules, 'imported at module load'\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
 def test_suite_has_one_expectation_per_constraint_tagged_with_its_rule():

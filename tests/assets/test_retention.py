@@ -17,7 +17,6 @@ from marketpipe_assets.retention import (
     retention_schedule,
 )
 from resources.lake import LakeResource
-from tests.test_lake import s3_server  # noqa: F401  (moto's S3 server on 127.0.0.1)
 
 D = dt.date
 TODAY = D(2026, 11, 21)  # MARKETPIPE_NOW below
@@ -178,7 +177,7 @@ def test_schedule_runs_the_retention_job_daily():
     assert retention_schedule.cron_schedule == "30 7 * * *"
 
 
-def test_retention_on_an_s3_lake(s3_server, tmp_path, instance):  # noqa: F811
+def test_retention_on_an_s3_lake(s3_server, tmp_path, instance):
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="market-lake")
     lake = LakeResource(url="s3://market-lake/lake")

@@ -3,7 +3,6 @@ its first configured source, and the repository's dagster.yaml gives every such 
 a time across runs."""
 
 import shutil
-from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -12,9 +11,7 @@ from marketpipe_assets.pools import provider_pool
 from marketpipe_assets.prices import daily_prices_asset, universe_asset
 from resources.lake import LakeResource
 from resources.market_data import MarketDataResource
-from tests.conftest import market_assets, recent_sessions
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO, market_assets, recent_sessions
 
 
 @pytest.mark.parametrize(
@@ -48,7 +45,7 @@ def test_provider_steps_carry_the_pool_of_the_markets_first_source(monkeypatch, 
 def test_the_repository_dagster_yaml_limits_every_provider_pool_to_one_step(tmp_path, monkeypatch):
     home = tmp_path / "dagster_home"
     home.mkdir()
-    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     with dg.DagsterInstance.get() as instance:
         config = instance.get_concurrency_config()

@@ -26,10 +26,8 @@ from marketpipe_assets.retention import retention_job
 from resources.lake import LakeResource
 from resources.market_data import MarketDataResource
 from resources.publishing import JOURNAL, REASON_FILE, REJECTED, STAGING
-from tests.conftest import cli_environment, materialize, recent_sessions
-from tests.test_lake import s3_server  # noqa: F401  (moto's S3 server on 127.0.0.1)
+from tests.conftest import REPO, Runner, cli_environment, recent_sessions
 
-ROOT = Path(__file__).resolve().parents[1]
 DAGSTER = Path(sys.executable).with_name("dagster")
 DAYS = [dt.date(2026, 11, 19), dt.date(2026, 11, 20)]
 DATASETS = ("daily_prices", "quarantine/daily_prices", "indicators")
@@ -68,12 +66,9 @@ def noisy_source(**settings) -> MarketDataResource:
 def test_failed_completeness_leaves_the_published_pair_and_keeps_the_rejected_batch(lake, instance):
     noisy = noisy_source()
     [day] = recent_sessions("krx", 1)
-    assert materialize(
-        "krx", ("universe",), lake=lake, market_data=noisy, instance=instance
-    ).success
-    good = materialize(
-        "krx", ("daily_prices",), lake=lake, market_data=noisy, instance=instance, partition_key=day
-    )
+    noisy_runs = Runner(lake, noisy, instance)
+    noisy_runs.universe("krx")
+    good = noisy_runs("krx", "daily_prices", day=day)
     assert good.success
     root = Path(lake.url)
     before = published(root)
@@ -83,9 +78,7 @@ def test_failed_completeness_leaves_the_published_pair_and_keeps_the_rejected_ba
 
     # Half the symbols missing: completeness (blocking) fails on the staged batch.
     gappy = noisy_source(synthetic_missing_rate=0.5, synthetic_seed=7)
-    bad = materialize(
-        "krx", ("daily_prices",), lake=lake, market_data=gappy, instance=instance, partition_key=day
-    )
+    bad = Runner(lake, gappy, instance)("krx", "daily_prices", day=day)
     assert not bad.success
     checks = {e.check_name: e for e in bad.get_asset_check_evaluations()}
     assert not checks["completeness"].passed and checks["price_relationships"].passed
@@ -115,9 +108,7 @@ def test_failed_completeness_leaves_the_published_pair_and_keeps_the_rejected_ba
     assert f"daily_prices/market=krx/date={day}/part-0.parquet" in reason["would_have_written"]
 
     # A later good run publishes normally.
-    again = materialize(
-        "krx", ("daily_prices",), lake=lake, market_data=noisy, instance=instance, partition_key=day
-    )
+    again = noisy_runs("krx", "daily_prices", day=day)
     assert again.success
     assert digests(published(root)) == digests(before)  # the same data as the first run
 
@@ -144,7 +135,7 @@ _KILLED_PUBLISHER = textwrap.dedent(
     """
     import sys
     from resources.lake import LakeResource
-    from tests.test_publish import DAYS, arm, pair
+    from tests.assets.test_publish import DAYS, arm, pair
 
     lake = LakeResource(url=sys.argv[1])
     batch = lake.stage("new", "daily_prices", "us", *pair(0), DAYS)
@@ -230,7 +221,7 @@ def kill_at_every_step(url: str, env: dict) -> dict[int, str]:
         lake = LakeResource(url=f"{url}/kill-{n}")
         lake.publish(lake.stage("old", "daily_prices", "us", *old, DAYS))
         run = [sys.executable, "-c", _KILLED_PUBLISHER, lake.url, str(n)]
-        done = subprocess.run(run, cwd=ROOT, env=env, capture_output=True, timeout=300)
+        done = subprocess.run(run, cwd=REPO, env=env, capture_output=True, timeout=300)
         if done.returncode == 0:
             assert b"published" in done.stdout
             assert same(read_pair(lake)[0], new[0])
@@ -265,14 +256,14 @@ def kill_at_every_step(url: str, env: dict) -> dict[int, str]:
 
 
 def subprocess_env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(ROOT)}
+    return {**os.environ, "PYTHONPATH": str(REPO)}
 
 
 def test_sigkill_at_every_publish_step_on_local_disk(tmp_path):
     kill_at_every_step(str(tmp_path), subprocess_env())
 
 
-def test_sigkill_at_every_publish_step_on_s3(s3_server):  # noqa: F811
+def test_sigkill_at_every_publish_step_on_s3(s3_server):
     boto3.client("s3").create_bucket(Bucket="market-lake")
     kill_at_every_step("s3://market-lake/lake", subprocess_env())
 
@@ -304,7 +295,7 @@ _KILL_HOOK = textwrap.dedent(
 def cli_env(tmp_path: Path, name: str, lake: Path, **extra: str) -> dict:
     home = tmp_path / name
     home.mkdir()
-    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
     env = cli_environment()
     hook = tmp_path / "hook"
     hook.mkdir(exist_ok=True)
@@ -317,7 +308,7 @@ def cli_env(tmp_path: Path, name: str, lake: Path, **extra: str) -> dict:
         MARKETPIPE_SYNTHETIC_MISSING_RATE="0",
         MARKETPIPE_SYNTHETIC_BAD_ROW_RATE="0.02",
         MARKETPIPE_STEP_RETRIES="0",
-        PYTHONPATH=os.pathsep.join([str(hook), str(ROOT)]),
+        PYTHONPATH=os.pathsep.join([str(hook), str(REPO)]),
         **extra,
     )
     return env
@@ -327,7 +318,7 @@ def backfill(env: dict, first: str, last: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(DAGSTER), "asset", "materialize", "-m", "marketpipe_assets.definitions"]
         + ["--select", "krx/daily_prices,krx/indicators", "--partition-range", f"{first}...{last}"],
-        cwd=ROOT,
+        cwd=REPO,
         env=env,
         capture_output=True,
         text=True,
@@ -343,20 +334,13 @@ def test_cli_backfill_killed_mid_publish_then_rerun_equals_a_clean_run(tmp_path,
     # 200 symbols at 2% bad rows: a quarantine file most days, completeness always >= 95%.
     market_data = noisy_source(synthetic_symbols=CLI_SYMBOLS, synthetic_bad_row_rate=0.02)
     resource = LakeResource(url=str(lake))
-    assert materialize(
-        "krx", ("universe",), lake=resource, market_data=market_data, instance=instance
-    ).success
+    Runner(resource, market_data, instance).universe("krx")
     shutil.copytree(lake, clean)
     # Earlier data in the lake, without bad rows: the backfill moves rows of most sessions to
     # quarantine. (Another seed would list other symbols than the stored universe.)
     earlier = noisy_source(synthetic_symbols=CLI_SYMBOLS, synthetic_bad_row_rate=0.0)
-    assert materialize(
-        "krx",
-        ("daily_prices",),
-        lake=resource,
-        market_data=earlier,
-        instance=instance,
-        partition_range=(keys[0], keys[-1]),
+    assert Runner(resource, earlier, instance)(
+        "krx", "daily_prices", days=(keys[0], keys[-1])
     ).success
     old = published(lake)
 

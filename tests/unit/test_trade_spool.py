@@ -8,7 +8,6 @@ import datetime as dt
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import boto3
 import polars as pl
@@ -21,9 +20,8 @@ from resources.collector.flusher import Flusher
 from resources.lake import LakeResource
 from resources.providers.http import RetryPolicy
 from resources.trade_spool import TradeSpool, read_unflushed, spool_path
-from tests.test_lake import s3_server  # noqa: F401  (moto's S3 server on 127.0.0.1)
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 FAST_RETRY = RetryPolicy(initial=0.05, maximum=0.2, jitter=0.01)
 
 
@@ -121,7 +119,7 @@ def test_a_flush_interrupted_after_its_files_is_redone_under_the_same_names(tmp_
 
 
 def test_flusher_keeps_the_spool_while_s3_is_down_and_replays_it_in_order(
-    s3_server,  # noqa: F811  (credentials and an empty moto)
+    s3_server,  # credentials and an empty moto
     tmp_path,
     monkeypatch,
 ):
