@@ -29,6 +29,8 @@ from resources.providers import limiter as limiter_module
 from resources.providers.finnhub import FinnhubSource
 from resources.providers.http import RetryPolicy
 from resources.providers.kis_daily import daily_frame as kis_bars
+from resources.providers.krx import FIELDS as KRX_FIELDS
+from resources.providers.krx import parse_bars as krx_bars
 from resources.providers.twelvedata import TwelveDataSource
 from resources.providers.yahoo import YahooSource
 from resources.sources.files import FilesSource
@@ -143,6 +145,34 @@ def test_every_kis_row_is_stored_or_quarantined(records):
     # Every row, of any day, stays in the frame; the base keeps the sessions asked for.
     assert len(bars) == len(records)
     assert_accounted(len(records), bars, KRX_SESSIONS)
+
+
+# KRX's numbers are text with thousands separators (`79,600.00`).
+NUMBERS_AS_TEXT = {"open", "high", "low", "close", "volume"}
+
+
+@SETTINGS
+@given(records=rows(KRX_SESSIONS, KRX_OFF_DAYS, fmt="%Y%m%d"))
+def test_every_krx_board_row_is_stored_or_quarantined(records):
+    """KRX sends every number as text with thousands separators; a board row per record."""
+    fields = {column: vendor for vendor, column in KRX_FIELDS.items()}
+    board = [
+        {
+            fields[c]: (f"{float(v):,.2f}" if c in NUMBERS_AS_TEXT and _plain(v) else v)
+            for c, v in r.items()
+        }
+        for r in records
+    ]
+    bars = krx_bars(board, KRX_SESSIONS[0])
+    assert len(bars) == len(records)
+    assert_accounted(len(records), bars, KRX_SESSIONS)
+
+
+def _plain(text: str) -> bool:
+    try:
+        return math.isfinite(float(text)) and text.strip() == text and "e" not in text.lower()
+    except ValueError:
+        return False
 
 
 @pytest.fixture(scope="module")
