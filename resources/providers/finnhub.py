@@ -52,6 +52,7 @@ from .values import (
     NEW_YORK,
     bar_columns,
     date_of,
+    dates_of,
     epoch,
     evidence,
     served,
@@ -79,20 +80,6 @@ def session_date(epoch: int | float | None) -> dt.date | None:
     if seconds % 86_400 == 0:
         return date_of(seconds, dt.UTC)
     return date_of(seconds, NEW_YORK)
-
-
-def candle_dates(stamps: list) -> tuple[list[dt.date | None], list[dict[str, str]]]:
-    """Per candle stamp: its session date, and the evidence of a stamp that is none."""
-    dates: list[dt.date | None] = []
-    unread: list[dict[str, str]] = []
-    for stamp in stamps:
-        try:
-            dates.append(session_date(stamp))
-            unread.append({})
-        except (TypeError, ValueError, OverflowError, OSError):
-            dates.append(None)
-            unread.append({"trade_date": str(stamp)})
-    return dates, unread
 
 
 def now() -> float:
@@ -213,7 +200,7 @@ class FinnhubSource(OneMarketDailyBars):
         lengths = {k: len(payload[k]) for k in keys}
         if len(set(lengths.values())) != 1:
             raise http.schema_error(CANDLE, symbol, f"arrays of different lengths {lengths}")
-        dates, unread = candle_dates(payload["t"])
+        dates, unread = dates_of(payload["t"], session_date)
         frame = pl.DataFrame(
             {
                 "symbol": [symbol] * lengths["t"],

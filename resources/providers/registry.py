@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from checks.errors import ConfigurationError
 from resources.sources.base import Dataset
 
 from . import finnhub, kis, krx, twelvedata, yahoo
@@ -44,17 +43,3 @@ PROVIDERS: dict[str, Provider] = {
         Provider("yahoo", yahoo.YahooSource, yahoo.source_from_env),
     )
 }
-
-
-def provider(name: str) -> Provider:
-    try:
-        return PROVIDERS[name]
-    except KeyError:
-        raise ConfigurationError(
-            f"no provider named {name!r}; the providers are {', '.join(PROVIDERS)}"
-        ) from None
-
-
-def serving(dataset: str, market: str) -> list[str]:
-    """The names of the providers that serve `dataset` for `market`, in table order."""
-    return [p.name for p in PROVIDERS.values() if dataset in p.datasets and market in p.markets]

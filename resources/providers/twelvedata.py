@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 import polars as pl
 
-from checks.schemas import DAILY_PRICES, PRICE_COLUMNS, RAW, make_schema, with_evidence
+from checks.schemas import DAILY_PRICES, PRICE_COLUMNS, RAW, with_evidence
 from checks.schemas import INTRADAY_BARS as SESSION_INTRADAY_BARS
 from resources.sources.base import Dataset
 
@@ -49,15 +49,9 @@ EXCHANGE_TZ = "America/New_York"
 RETRY: RetryPolicy | None = None
 TIMEOUT = 10.0
 
-# CONTRACT section 5: intraday_bars columns (to move to schemas.py with the intraday asset).
-INTRADAY_BARS = make_schema(
-    {
-        "symbol": pl.String,
-        "bar_start": pl.Datetime("us", "UTC"),
-        **{c: pl.Float64 for c in PRICE_COLUMNS},
-        "volume": pl.Int64,
-    }
-)
+# One session's bars: the intraday_bars columns but the session (`trade_date`), which the
+# caller knows and adds.
+INTRADAY_BARS = pl.Schema({c: t for c, t in SESSION_INTRADAY_BARS.items() if c != "trade_date"})
 _VALUE_FIELDS = ("datetime", *PRICE_COLUMNS, "volume")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from zoneinfo import ZoneInfo
 
 import polars as pl
@@ -61,20 +61,25 @@ def unread_numbers(arrays: Mapping[str, list], keys: Sequence[str]) -> list[dict
     return unread
 
 
-def dates_of(stamps: list, zone: dt.tzinfo) -> tuple[list[dt.date | None], list[dict[str, str]]]:
-    """Per epoch stamp, its date in `zone`, and the evidence of a stamp that is none (text,
+def dates_of(
+    stamps: list, date: Callable[[int | float], dt.date | None]
+) -> tuple[list[dt.date | None], list[dict[str, str]]]:
+    """Per epoch stamp, `date(stamp)`, and the evidence of a stamp that is none (text, true,
     inf, beyond any date): that bar is undated, quarantined as unparseable:trade_date."""
     dates: list[dt.date | None] = []
     unread: list[dict[str, str]] = []
     for stamp in stamps:
         try:
-            if isinstance(stamp, bool) or not isinstance(stamp, int | float):
+            if stamp is None:
+                dates.append(None)
+            elif isinstance(stamp, bool) or not isinstance(stamp, int | float):
                 raise TypeError(stamp)
-            dates.append(date_of(stamp, zone))
+            else:
+                dates.append(date(stamp))
             unread.append({})
         except (TypeError, ValueError, OverflowError, OSError):
             dates.append(None)
-            unread.append({} if stamp is None else {"trade_date": str(stamp)})
+            unread.append({"trade_date": str(stamp)})
     return dates, unread
 
 

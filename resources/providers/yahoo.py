@@ -294,7 +294,7 @@ class YahooSource(YahooOptions, OneMarketDailyBars):
             raise http.schema_error(endpoint, symbol, f"arrays of different lengths {lengths}")
         meta = result.get("meta") or {}
         moment = max(self._clock(), float(meta.get("regularMarketTime") or 0))
-        dates, unread = dates_of(stamps, NEW_YORK)
+        dates, unread = dates_of(stamps, lambda stamp: date_of(stamp, NEW_YORK))
         frame = pl.DataFrame(
             {
                 "symbol": [symbol] * len(stamps),
