@@ -140,10 +140,11 @@ def ingestion_notifications(context: dg.RunStatusSensorContext):
         return
     run = context.dagster_run
     stored: dict[str, dict] = {}
+    ingested = names(ingested=True)
     for event in _events(context.instance, run.run_id, dg.DagsterEventType.ASSET_MATERIALIZATION):
         materialization = event.event_specific_data.materialization
         key = materialization.asset_key
-        if key.path[-1] not in names(ingested=True):
+        if key.path[-1] not in ingested:
             continue
         entry = stored.setdefault(key.to_user_string(), {"partitions": 0, "rows": 0})
         entry["partitions"] += 1

@@ -67,9 +67,11 @@ def with_freshness(assets: Sequence[dg.AssetsDefinition]) -> list[dg.AssetsDefin
     """The assets with each market's daily freshness policy on `<market>/daily_prices` and
     `<market>/indicators`; every other asset unchanged."""
 
+    due = names(due_after_session=True)
+
     def apply(spec: dg.AssetSpec) -> dg.AssetSpec:
         path = spec.key.path
-        if len(path) == 2 and path[0] in MARKETS and path[1] in names(due_after_session=True):
+        if len(path) == 2 and path[0] in MARKETS and path[1] in due:
             return dg.apply_freshness_policy(spec, daily_freshness_policy(path[0]))
         return spec
 

@@ -81,6 +81,8 @@ class Ingest:
     shown: Callable[[Run, pl.DataFrame, Mapping[str, pl.DataFrame]], Shown] | None = None
     date_column: str = "trade_date"
     config: type[dg.Config] | None = None  # run config shown in the launchpad
+    # Whether the dataset reads the market's universe (an upstream asset in the graph).
+    reads_universe: bool = True
 
 
 @dataclass(frozen=True)
@@ -125,8 +127,8 @@ def ingested_asset(market: str, spec: Ingest) -> dg.AssetsDefinition:
     key = dg.AssetKey([market, spec.dataset])
 
     def body(context, config, lake: LakeResource, market_data: MarketDataResource):
-        run = Run(context, lake, market_data, market, partition_dates(context.partition_keys))
-        run.config = config
+        sessions = partition_dates(context.partition_keys)
+        run = Run(context, lake, market_data, market, sessions, config)
         sent = spec.fetch(run)
         validated = spec.validate(run, sent)
         stored = spec.derive(validated.clean) if spec.derive else validated.clean
@@ -160,7 +162,7 @@ def ingested_asset(market: str, spec: Ingest) -> dg.AssetsDefinition:
     decorate = dg.asset(
         key=key,
         description=spec.description,
-        deps=[dg.AssetKey([market, "universe"])],
+        deps=[dg.AssetKey([market, "universe"])] if spec.reads_universe else [],
         partitions_def=partitions_def(market),
         backfill_policy=dg.BackfillPolicy.single_run(),
         check_specs=spec.check_specs(key),

@@ -279,6 +279,7 @@ OPTION_CHAINS_INGEST = Ingest(
     shown=_shown_chains,
     date_column="quote_date",
     config=OptionChainConfig,
+    reads_universe=False,  # the chains of MARKETPIPE_OPTION_UNDERLYINGS, not the universe's
 )
 
 
